@@ -1,0 +1,110 @@
+"""The interface every compression method implements, and the model statistics it reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One method parameter: its default, how to parse it from text, and what is accepted."""
+
+    default: Any
+    parse: Callable[[str], Any]
+    accepted: str
+    check: Callable[[Any], bool] = lambda value: True
+
+
+@dataclass
+class ModelStats:
+    """Size and cost of a model as it would be stored and run."""
+
+    parameters: int
+    nonzero_parameters: int
+    weight_bytes: int
+    flops_per_sample: int
+
+
+@dataclass
+class CompressionReport:
+    """What a method changed; logged as params, metrics and a JSON artefact."""
+
+    method: str
+    params: dict[str, Any]
+    before: ModelStats
+    after: ModelStats
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Method:
+    """Base class: the identity compression (``baseline``) unless a subclass overrides."""
+
+    name: ClassVar[str]
+    params: ClassVar[dict[str, ParamSpec]] = {}
+
+    def __init__(self, **values: Any) -> None:
+        self.values = {key: spec.default for key, spec in self.params.items()} | values
+
+    def apply(self, model: nn.Module, example: torch.Tensor) -> nn.Module:
+        """Compress ``model`` (may return a new module); ``example`` is one input batch."""
+        return model
+
+    def autocast_dtype(self, device_type: str) -> torch.dtype | None:
+        """The dtype training and evaluation should autocast to, or None for float32."""
+        return None
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Re-impose the compression after each optimiser step (masks, truncation)."""
+
+    def facts(self, model: nn.Module) -> dict[str, Any]:
+        """Method-specific facts for the report (sparsity, freed capacity, ranks...)."""
+        return {}
+
+
+def model_stats(model: nn.Module, example: torch.Tensor) -> ModelStats:
+    """Parameter count, non-zeros, stored bytes and FLOPs per sample of ``model``.
+
+    Pruning masks (``weight_orig`` * ``weight_mask``) are counted as the effective weight,
+    so a pruned model reports its real non-zeros while its dense FLOPs stay visible.
+    """
+    tensors = dict(model.named_parameters())
+    for module_name, module in model.named_modules():
+        for buffer_name, mask in module.named_buffers(recurse=False):
+            if buffer_name.endswith("_mask"):
+                base = buffer_name[: -len("_mask")]
+                prefix = f"{module_name}." if module_name else ""
+                tensors[f"{prefix}{base}_orig"] = getattr(module, base).detach()
+    parameters = sum(t.numel() for t in tensors.values())
+    nonzero = sum(int(torch.count_nonzero(t)) for t in tensors.values())
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    return ModelStats(parameters, nonzero, weight_bytes, flops_per_sample(model, example))
+
+
+def flops_per_sample(model: nn.Module, example: torch.Tensor) -> int:
+    """Forward FLOPs for one sample, counted by ``FlopCounterMode`` on a one-sample batch."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(example[:1])
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def parse_bool(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no) as a bool; ValueError otherwise."""
+    lowered = text.lower()
+    if lowered in {"true", "1", "yes"}:
+        return True
+    if lowered in {"false", "0", "no"}:
+        return False
+    raise ValueError(text)
