@@ -1,0 +1,71 @@
+"""The power trace as artefacts: a CSV (time, watts per device) and a PNG with phases shaded."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from joulebench.energy.sampler import TraceRow
+
+if TYPE_CHECKING:
+    from joulebench.energy.window import Measurement
+
+
+def trace_devices(trace: Sequence[TraceRow]) -> list[str]:
+    """Every device that appears in the trace, sorted."""
+    return sorted({device for _, watts in trace for device in watts})
+
+
+def write_trace_csv(trace: Sequence[TraceRow], path: Path) -> Path:
+    """One row per sample: ``time`` (Unix seconds), then watts per device (empty if unknown)."""
+    devices = trace_devices(trace)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["time", *(f"{device}_watts" for device in devices)])
+        for t, watts in trace:
+            writer.writerow([f"{t:.3f}", *(_cell(watts.get(device)) for device in devices)])
+    return path
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def plot_power_trace(
+    trace: Sequence[TraceRow], measurements: Sequence[Measurement], path: Path
+) -> Path:
+    """Watts per device and their sum against time, each window shaded and named."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on training hosts
+    import matplotlib.pyplot as plt
+
+    origin = trace[0][0] if trace else min((m.start for m in measurements), default=0.0)
+    times = [t - origin for t, _ in trace]
+    figure, axes = plt.subplots(figsize=(10, 4), layout="constrained")
+    for device in trace_devices(trace):
+        axes.plot(times, [watts.get(device, float("nan")) for _, watts in trace], label=device)
+    if len(trace_devices(trace)) > 1:
+        axes.plot(times, [sum(watts.values()) for _, watts in trace], "k", lw=1, label="total")
+    _shade_phases(axes, measurements, origin)
+    axes.set_xlabel("seconds since the first sample")
+    axes.set_ylabel("watts")
+    axes.legend(loc="upper right")
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _shade_phases(axes, measurements: Sequence[Measurement], origin: float) -> None:
+    """One colour per phase (the name before '/'), so that epochs of one phase match."""
+    phases = sorted({m.name.split("/")[0] for m in measurements})
+    colours = {phase: f"C{(i + 3) % 10}" for i, phase in enumerate(phases)}
+    for m in measurements:
+        left, right = m.start - origin, m.end - origin
+        axes.axvspan(left, right, color=colours[m.name.split("/")[0]], alpha=0.15, lw=0)
+        axes.annotate(
+            m.name, xy=(left, 1), xycoords=("data", "axes fraction"), rotation=90,
+            va="top", ha="left", fontsize=7,
+        )

@@ -1,0 +1,213 @@
+"""The window core: meters, measurements, and the monitor that opens windows over them.
+
+A :class:`Meter` reports cumulative joules per device (``"gpu0"``, ``"cpu"``, ``"ram"``) and
+the ``source`` that produced them. ``EnergyMonitor.window(name)`` reads every meter at both
+edges and returns a :class:`Measurement`; windows may nest because reads never reset
+anything. A meter that fails is dropped from that window with a flag, never read as 0 J, and
+so is a meter whose update period is longer than the window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from joulebench.energy.sampler import PowerSampler, TraceRow
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Energy and time of one window."""
+
+    name: str
+    start: float  # wall-clock (time.time()) at the window's opening, for plots
+    seconds: float
+    joules: dict[str, float]  # device -> joules
+    sources: dict[str, str]  # device -> source of those joules
+    flags: tuple[str, ...] = ()  # anything a reader must know (too short, meter failed)
+
+    @property
+    def end(self) -> float:
+        """Wall-clock time at the window's closing."""
+        return self.start + self.seconds
+
+    @property
+    def total_joules(self) -> float | None:
+        """Joules over all devices, or None when no device could be read."""
+        return sum(self.joules.values()) if self.joules else None
+
+    @property
+    def mean_watts(self) -> float | None:
+        total = self.total_joules
+        return total / self.seconds if total is not None and self.seconds > 0 else None
+
+
+class Meter:
+    """A source of cumulative energy readings for some devices.
+
+    Subclasses set ``source`` and ``update_period_s`` and implement ``devices`` and ``read``;
+    ``sync`` is called before every read (the GPU meter waits for queued kernels there). A
+    meter may also be a power source for the sampler (``poll_period_s`` and ``poll``), write
+    files (``artifacts``) and know the run's CO2 (``emissions_kg``).
+    """
+
+    source: str = "unknown"
+    update_period_s: float = 0.0
+    poll_period_s: float | None = None  # None: the power sampler never polls this meter
+
+    def devices(self) -> list[str]:
+        raise NotImplementedError
+
+    def read(self) -> dict[str, float]:
+        """Cumulative joules per device since an arbitrary origin."""
+        raise NotImplementedError
+
+    def poll(self) -> dict[str, float]:
+        """Watts per device now (called from the sampler thread)."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Wait until the work issued so far has run (no-op for host meters)."""
+
+    def close(self) -> None:
+        """Stop background threads, write files."""
+
+    def artifacts(self) -> list[Path]:
+        """Files this meter wrote (after close)."""
+        return []
+
+    @property
+    def emissions_kg(self) -> float | None:
+        """CO2-equivalent of everything this meter saw, where it knows one."""
+        return None
+
+
+@dataclass
+class Window:
+    """Handle of an open window; ``measurement`` is set when the window closes."""
+
+    name: str
+    measurement: Measurement | None = None
+
+
+TRACE_CSV = "power_trace.csv"
+TRACE_PNG = "power_trace.png"
+
+
+@dataclass
+class EnergyMonitor:
+    """Windows over a set of meters; keeps every finished measurement in order.
+
+    The optional ``sampler`` polls the meters' power in the background for the power trace;
+    ``close`` stops it, closes the meters and writes the trace as CSV and PNG into
+    ``output_dir``.
+    """
+
+    meters: list[Meter]
+    unavailable: dict[str, str] = field(default_factory=dict)  # meter name -> why not used
+    measurements: list[Measurement] = field(default_factory=list)
+    clock: Callable[[], float] = time.perf_counter
+    sampler: PowerSampler | None = None
+    output_dir: Path | None = None
+    _written: list[Path] = field(default_factory=list)
+    _closed: bool = False
+
+    @contextmanager
+    def window(self, name: str) -> Iterator[Window]:
+        handle = Window(name)
+        start_wall = time.time()
+        start_readings, flags = self._read_all()
+        start = self.clock()
+        try:
+            yield handle
+        finally:
+            end_readings, end_flags = self._read_all()
+            seconds = self.clock() - start
+            handle.measurement = self._measure(
+                name, start_wall, seconds, start_readings, end_readings, flags + end_flags
+            )
+            self.measurements.append(handle.measurement)
+
+    def _read_all(self) -> tuple[dict[int, dict[str, float]], list[str]]:
+        readings: dict[int, dict[str, float]] = {}  # meter index -> cumulative joules
+        flags: list[str] = []
+        for index, meter in enumerate(self.meters):
+            try:
+                meter.sync()
+                readings[index] = meter.read()
+            except Exception as error:  # a failing meter must never take the run down
+                flags.append(f"{meter.source} failed: {type(error).__name__}: {error}")
+        return readings, flags
+
+    def _measure(self, name, start_wall, seconds, begin, end, flags) -> Measurement:
+        joules: dict[str, float] = {}
+        sources: dict[str, str] = {}
+        for index, meter in enumerate(self.meters):
+            if index not in begin or index not in end or not end[index]:
+                continue
+            if seconds < meter.update_period_s:
+                # Such a difference is mostly quantisation (often exactly 0 J): report nothing.
+                flags.append(
+                    f"{meter.source}: window of {seconds * 1000:.1f} ms is shorter than the "
+                    f"meter's {meter.update_period_s * 1000:.0f} ms update period; "
+                    f"{', '.join(sorted(end[index]))} not measured"
+                )
+                continue
+            for device, value in end[index].items():
+                if device in begin[index]:
+                    joules[device] = value - begin[index][device]
+                    sources[device] = meter.source
+        return Measurement(name, start_wall, seconds, joules, sources, tuple(flags))
+
+    def power_trace(self) -> list[TraceRow]:
+        """(wall time, watts per device) rows sampled so far, oldest first."""
+        return self.sampler.trace() if self.sampler else []
+
+    def peak_watts(self, measurement: Measurement) -> float | None:
+        """Highest summed power over the trace rows inside ``measurement``, if any."""
+        totals = [
+            sum(watts.values())
+            for t, watts in self.power_trace()
+            if measurement.start <= t <= measurement.end and watts
+        ]
+        return max(totals) if totals else None
+
+    @property
+    def emissions_kg(self) -> float | None:
+        """CO2-equivalent of the monitor's lifetime (final after ``close``)."""
+        known = [m.emissions_kg for m in self.meters if m.emissions_kg is not None]
+        return known[0] if known else None
+
+    def artifacts(self) -> list[Path]:
+        """Files written by the meters and by ``close`` (power trace CSV and PNG)."""
+        meter_files = [path for meter in self.meters for path in meter.artifacts()]
+        return [path for path in meter_files + self._written if path.exists()]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.sampler:
+            self.sampler.stop()
+            for meter_name, reason in self.sampler.failures.items():
+                self.unavailable.setdefault(meter_name, f"power sampling failed: {reason}")
+        for meter in self.meters:
+            try:
+                meter.close()
+            except Exception as error:
+                self.unavailable.setdefault(meter.source, f"close failed: {error}")
+        self._write_trace()
+
+    def _write_trace(self) -> None:
+        trace = self.power_trace()
+        if self.output_dir is None or not trace:
+            return
+        from joulebench.energy.plot import plot_power_trace, write_trace_csv
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        csv_path = write_trace_csv(trace, self.output_dir / TRACE_CSV)
+        png_path = plot_power_trace(trace, self.measurements, self.output_dir / TRACE_PNG)
+        self._written = [csv_path, png_path]
