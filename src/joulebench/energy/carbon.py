@@ -119,7 +119,11 @@ class CodeCarbonMeter(Meter):
         )
         self._tracker.start()
         self._tracker._scheduler.stop()  # see the module docstring: we drive measurements
-        self._flush()  # the first flush builds CodeCarbon's emissions engine (~0.2 s)
+        # The first flush builds CodeCarbon's emissions engine (~0.2 s), outside any window.
+        # flush() skips measuring within 50 ms of the last measurement, so the first flush
+        # returns the totals of start(): only the second is a fresh origin for the rate.
+        self._flush()
+        self._rate(self._cumulative_joules())
 
     @property
     def tracker(self):

@@ -165,8 +165,15 @@ class NvmlPowerMeter(_NvmlMeter):
 
     source = "nvml_power"
 
-    def __init__(self, gpus: list[NvmlGpu], device: torch.device, poll_period_s: float) -> None:
+    def __init__(
+        self,
+        gpus: list[NvmlGpu],
+        device: torch.device,
+        poll_period_s: float,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         super().__init__(gpus, device, poll_period_s)
+        self._clock = clock
         averaged = not all(gpu.has_instant_power for gpu in gpus)
         self.update_period_s = max(poll_period_s, AVERAGED_POWER_S if averaged else 0.0)
         self._integrators = {gpu.label: TrapezoidIntegrator() for gpu in gpus}
@@ -175,7 +182,7 @@ class NvmlPowerMeter(_NvmlMeter):
 
     def poll(self) -> dict[str, float]:
         with self._lock:
-            now = time.perf_counter()
+            now = self._clock()
             watts = super().poll()
             for label, value in watts.items():
                 self._integrators[label].add(now, value)

@@ -42,7 +42,8 @@ def plot_power_trace(
     matplotlib.use("Agg")  # files only; no display on training hosts
     import matplotlib.pyplot as plt
 
-    origin = trace[0][0] if trace else min((m.start for m in measurements), default=0.0)
+    starts = [trace[0][0]] if trace else []
+    origin = min(starts + [m.start for m in measurements], default=0.0)
     times = [t - origin for t, _ in trace]
     figure, axes = plt.subplots(figsize=(10, 4), layout="constrained")
     for device in trace_devices(trace):
@@ -50,7 +51,8 @@ def plot_power_trace(
     if len(trace_devices(trace)) > 1:
         axes.plot(times, [sum(watts.values()) for _, watts in trace], "k", lw=1, label="total")
     _shade_phases(axes, measurements, origin)
-    axes.set_xlabel("seconds since the first sample")
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("seconds since the monitor's first record")
     axes.set_ylabel("watts")
     axes.legend(loc="upper right")
     figure.savefig(path, dpi=120)

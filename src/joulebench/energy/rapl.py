@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,12 +83,18 @@ class RaplMeter(Meter):
     source = "rapl"
     update_period_s = 0.001  # the hardware updates the counters about every millisecond
 
-    def __init__(self, root: Path = POWERCAP_ROOT, poll_period_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        root: Path = POWERCAP_ROOT,
+        poll_period_s: float = 0.1,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.root = root
         self.poll_period_s = poll_period_s
         self._zones = find_zones(root)
         self._lock = threading.Lock()  # read (window edges) and poll (sampler) both advance
-        self._rate = RateOfCumulative()
+        self._rate = RateOfCumulative(clock)
+        self._rate(self.read())  # the first poll then has a trace row
 
     def devices(self) -> list[str]:
         return sorted({zone.device for zone in self._zones})

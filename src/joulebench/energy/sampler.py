@@ -65,6 +65,12 @@ class RateOfCumulative:
         }
 
 
+def peak_watts(trace: list[TraceRow], start: float, end: float) -> float | None:
+    """Highest summed power of the rows sampled within [start, end], or None if there are none."""
+    totals = [sum(watts.values()) for t, watts in trace if start <= t <= end and watts]
+    return max(totals) if totals else None
+
+
 class PowerSampler:
     """A daemon thread that polls each source when its period is due and keeps the trace.
 
@@ -105,7 +111,9 @@ class PowerSampler:
 
     def _run(self) -> None:
         cpu_start = time.thread_time()
-        next_due = [time.perf_counter()] * len(self._sources)
+        # Sources took their first reading when built: the first poll is one period later.
+        started = time.perf_counter()
+        next_due = [started + source.poll_period_s for source in self._sources]
         while not self._stop.is_set():
             now = time.perf_counter()
             due = [i for i, when in enumerate(next_due) if when <= now]

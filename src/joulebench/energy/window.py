@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from joulebench.energy.sampler import PowerSampler, TraceRow
+from joulebench.energy.sampler import PowerSampler, TraceRow, peak_watts
 
 
 @dataclass(frozen=True)
@@ -168,12 +168,7 @@ class EnergyMonitor:
 
     def peak_watts(self, measurement: Measurement) -> float | None:
         """Highest summed power over the trace rows inside ``measurement``, if any."""
-        totals = [
-            sum(watts.values())
-            for t, watts in self.power_trace()
-            if measurement.start <= t <= measurement.end and watts
-        ]
-        return max(totals) if totals else None
+        return peak_watts(self.power_trace(), measurement.start, measurement.end)
 
     @property
     def emissions_kg(self) -> float | None:
