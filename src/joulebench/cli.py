@@ -1,0 +1,142 @@
+"""The ``joulebench`` command: train · methods · meters.
+
+Bad input ends with one line on stderr and exit code 2; Ctrl-C or SIGTERM with exit 130.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from joulebench.errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="joulebench")
+def cli() -> None:
+    """Measured joules for fine-tuning (compressed) pretrained networks."""
+
+
+def training_options(function):
+    """The options shared by every command that trains (train, and later sweep)."""
+    options = [
+        click.option("--dataset", default="digits", show_default=True,
+                     help="digits (embedded, no download) | cifar10 | imagefolder:PATH"),
+        click.option("--data-dir", default="data/datasets", show_default=True, type=click.Path(path_type=Path),
+                     help="Where DVC-tracked datasets live."),
+        click.option("--weights", default="imagenet", show_default=True,
+                     help="imagenet (data/weights/<model>-imagenet.pth, hash-checked) | none | PATH"),
+        click.option("--epochs", default="3", show_default=True, help="Training epochs (> 0)."),
+        click.option("--batch-size", default="64", show_default=True, help="Batch size (> 0)."),
+        click.option("--lr", default=None, help="Learning rate (> 0) [default: 0.001 adam, 0.01 sgd]."),
+        click.option("--optimizer", default="adam", show_default=True,
+                     type=click.Choice(["adam", "sgd"]), help="adam, or sgd with momentum 0.9."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of split, init and order."),
+        click.option("--image-size", default=None,
+                     help="Input side in pixels [default: 32 on digits, or the model's minimum/fixed size]."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
+        click.option("--limit-train-batches", default=None, help="Train at most N batches per epoch (quick runs)."),
+        click.option("--experiment", default="joulebench", show_default=True, help="MLflow experiment name."),
+        click.option("--country", default="USA", show_default=True,
+                     help="ISO 3166 alpha-3 code for CodeCarbon's grid carbon intensity."),
+        click.option("--idle-seconds", default=5.0, show_default=True, type=float,
+                     help="Length of the idle-power baseline before work."),
+        click.option("--inference-batches", default=10, show_default=True, type=int,
+                     help="Batches in the inference benchmark after training."),
+        click.option("--sample-hz", default=10.0, show_default=True, type=float,
+                     help="GPU power sampling rate (power trace)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@click.option("--model", default="resnet18", show_default=True,
+              help="One of the paper's nine (densenet121 … vgg16), tinynet, or any torchvision classifier.")
+@click.option("--method", default="baseline", show_default=True, help="baseline | stego | prune | lowrank (`joulebench methods` lists their parameters).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter (repeatable).")
+@training_options
+@click.option("--run-name", default=None, help="MLflow run name.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--save-model", is_flag=True, help="Log the fine-tuned model (mlflow.pytorch flavour).")
+def train(quiet: bool, **options: Any) -> None:
+    """Fine-tune one model with one method, measured, and record it in MLflow."""
+    from joulebench.config import make_config
+    from joulebench.pipeline import train_and_record
+
+    config = make_config(**options)
+    summary = train_and_record(config, progress=not quiet and sys.stderr.isatty())
+    click.echo(format_summary(summary))
+
+
+def format_summary(summary: Any) -> str:
+    """The end-of-run lines: accuracy, energy with its source, duration, run id, UI command."""
+    metrics = summary.result.metrics()
+    energy = metrics.get("energy_total_j")
+    energy_text = (
+        f"{energy / 1000:.3f} kJ total, {metrics.get('energy_train_j', 0) / 1000:.3f} kJ training "
+        f"(source: {summary.energy_sources})"
+        if energy is not None else f"not measured (source: {summary.energy_sources})"
+    )
+    top5 = f", top-5 {metrics['top5']:.4f}" if "top5" in metrics else ""
+    return "\n".join([
+        f"accuracy  {metrics['accuracy']:.4f}{top5}",
+        f"energy    {energy_text}",
+        f"duration  {metrics['duration_s']:.1f} s ({metrics['train_seconds']:.1f} s training)",
+        f"run id    {summary.run_id}",
+        f"open      {summary.ui}",
+    ])
+
+
+@cli.command()
+def methods() -> None:
+    """The compression methods and their parameters (pass them as --param KEY=VALUE)."""
+    from joulebench.compress import METHODS
+
+    for name in sorted(METHODS):
+        specs = METHODS[name].params
+        click.echo(f"{name}: {(METHODS[name].__doc__ or '').strip().splitlines()[0]}")
+        for key, spec in specs.items():
+            click.echo(f"    {key}={spec.default}  ({spec.accepted})")
+
+
+@cli.command()
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+def meters(device: str) -> None:
+    """Which energy meters this host has, what each reads, and why the others are not used."""
+    import torch
+
+    from joulebench.config import resolve_device
+    from joulebench.energy import describe_meters
+
+    for name, available, detail in describe_meters(torch.device(resolve_device(device))):
+        click.echo(f"{name:<12} {'yes' if available else 'no ':<4} {detail}")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: turns bad input into one line and exit 2, interruption into exit 130."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        cli.main(args=argv, prog_name="joulebench", standalone_mode=False)
+    except ConfigError as error:
+        click.echo(f"joulebench: error: {error}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.UsageError as error:
+        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+        click.echo(f"joulebench: error: {error.format_message()}{hint}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("joulebench: interrupted; the MLflow run (if one started) is marked KILLED", err=True)
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,130 @@
+"""RunConfig: everything one run needs, validated once, frozen, logged as the run's params."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from joulebench.compress import parse_method_params
+from joulebench.data import check_dataset_spec
+from joulebench.errors import ConfigError
+from joulebench.models import DIGITS_IMAGE_SIZE, check_model_name, image_sizes
+
+OPTIMIZERS = ("sgd", "adam")
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One model × method fine-tune; every field is a validated value."""
+
+    model: str = "resnet18"
+    method: str = "baseline"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: Path = Path("data/datasets")
+    weights: str = "imagenet"
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.001
+    optimizer: str = "adam"
+    seed: int = 0
+    image_size: int = DIGITS_IMAGE_SIZE
+    device: str = "cpu"
+    limit_train_batches: int | None = None
+    experiment: str = "joulebench"
+    run_name: str | None = None
+    save_model: bool = False
+    country: str = "USA"
+    idle_seconds: float = 5.0
+    inference_batches: int = 10
+    sample_hz: float = 10.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str, indent=2, sort_keys=True)
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` → ``cuda`` when one is visible, else ``cpu``; checks ``cuda:N`` exists."""
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        index = requested.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise ConfigError(f"--device {requested!r} is malformed; accepted: auto, cpu, cuda, cuda:N")
+        if not torch.cuda.is_available() or int(index) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {requested} is not available here ({torch.cuda.device_count()} CUDA "
+                "devices visible); use --device cpu or --device auto"
+            )
+        return f"cuda:{index}"
+    raise ConfigError(f"--device {requested!r} is not accepted; use auto, cpu, cuda or cuda:N")
+
+
+def _positive(name: str, value: Any, kind: type) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {kind.__name__} > 0, got {value!r}") from None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{name} must be a whole number > 0, got {value!r}")
+    if not number > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    return number
+
+
+def make_config(
+    *,
+    model: str,
+    method: str,
+    params: tuple[str, ...] = (),
+    dataset: str = "digits",
+    image_size: int | None = None,
+    device: str = "auto",
+    optimizer: str = "adam",
+    lr: float | None = None,
+    epochs: Any = 3,
+    batch_size: Any = 64,
+    limit_train_batches: Any = None,
+    **rest: Any,
+) -> RunConfig:
+    """Validate raw option values into a RunConfig; the first problem raises ConfigError."""
+    check_model_name(model)
+    method_params = parse_method_params(method, params)
+    check_dataset_spec(dataset)
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+    sizes = image_sizes(model)
+    size = sizes.default(DIGITS_IMAGE_SIZE) if image_size is None else _positive("--image-size", image_size, int)
+    sizes.check(model, size)
+    weights = rest.pop("weights", "imagenet")
+    if model == "tinynet" and weights == "imagenet":
+        weights = "none"  # the test model has no pretrained weights; nothing to load
+    country = str(rest.pop("country", "USA")).upper()
+    if len(country) != 3 or not country.isalpha():
+        raise ConfigError(f"--country {country!r} must be an ISO 3166 alpha-3 code such as USA, FRA, DEU")
+    return RunConfig(
+        model=model,
+        method=method,
+        method_params=method_params,
+        dataset=dataset,
+        image_size=size,
+        device=resolve_device(device),
+        optimizer=optimizer,
+        lr=DEFAULT_LR[optimizer] if lr is None else _positive("--lr", lr, float),
+        epochs=_positive("--epochs", epochs, int),
+        batch_size=_positive("--batch-size", batch_size, int),
+        limit_train_batches=(
+            None if limit_train_batches is None
+            else _positive("--limit-train-batches", limit_train_batches, int)
+        ),
+        weights=weights,
+        country=country,
+        **rest,
+    )

@@ -1,0 +1,115 @@
+"""One run end to end: config → data + model → (compress + train under windows) → MLflow.
+
+The glue between the loop (``train``), which knows nothing of tracking, and ``tracking``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+
+from joulebench import energy
+from joulebench.compress import build_method
+from joulebench.config import RunConfig
+from joulebench.data import load_dataset
+from joulebench.models import build_model, default_weights_path
+from joulebench.tracking import Recorder, config_params, environment_tags, recorded_run, ui_command
+from joulebench.train import EpochResult, RunResult, run
+
+
+@dataclass
+class Summary:
+    """What ``train`` prints at the end."""
+
+    run_id: str
+    experiment_id: str
+    result: RunResult
+    energy_sources: str
+    ui: str
+
+
+def weights_source(config: RunConfig) -> str:
+    if config.weights == "imagenet":
+        return f"imagenet:{default_weights_path(config.model)}"
+    return config.weights
+
+
+def energy_tags(result: RunResult, monitor: energy.EnergyMonitor) -> dict[str, str]:
+    """``energy_source`` overall and per device, and why unused meters were not used."""
+    total = result.phases["total"]
+    tags = {f"energy_source.{device}": source for device, source in sorted(total.sources.items())}
+    tags["energy_source"] = "+".join(sorted(set(total.sources.values()))) or "none (no meter could be read)"
+    for meter, reason in monitor.unavailable.items():
+        tags[f"energy_unavailable.{meter}"] = reason[:500]
+    flags = sorted({flag for m in monitor.measurements for flag in m.flags})
+    if flags:
+        tags["energy_flags"] = " | ".join(flags)[:5000]
+    return tags
+
+
+def measurements_table(monitor: energy.EnergyMonitor) -> list[dict[str, object]]:
+    """Every window as JSON-able rows, for the measurements artefact."""
+    return [
+        {
+            "name": m.name, "start": m.start, "seconds": m.seconds, "joules": m.joules,
+            "sources": m.sources, "flags": list(m.flags),
+        }
+        for m in monitor.measurements
+    ]
+
+
+def train_and_record(config: RunConfig, progress: bool) -> Summary:
+    """Build everything (bad input fails before any run exists), then train inside one run."""
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.seed)
+    torch.manual_seed(config.seed)  # the new head's initialisation is part of the run's seed
+    model = build_model(config.model, data.num_classes, config.weights)
+    method = build_method(config.method, config.method_params)
+    tags = environment_tags(data.version) | {"model": config.model, "method": config.method}
+    with TemporaryDirectory(prefix="joulebench-") as scratch:
+        monitor = energy.build_monitor(
+            torch.device(config.device), country=config.country,
+            output_dir=Path(scratch), sample_hz=config.sample_hz,
+        )
+        with recorded_run(config, tags, config_params(config, weights_source(config))) as recorder:
+            try:
+                result = run(config, data, model, method, monitor, _epoch_logger(recorder), progress)
+            finally:
+                monitor.close()
+                recorder.log_files(monitor.artifacts(), "energy")
+                recorder.log_json("energy/windows.json", measurements_table(monitor))
+            _log_result(recorder, result, monitor)
+            tags = energy_tags(result, monitor)
+    return Summary(
+        recorder.run_id, recorder.experiment_id, result, tags["energy_source"],
+        ui_command(recorder.run_id, recorder.experiment_id),
+    )
+
+
+def _epoch_logger(recorder: Recorder) -> Callable[[EpochResult], None]:
+    def log(epoch: EpochResult) -> None:
+        recorder.log_epoch(epoch.epoch, epoch.metrics())
+    return log
+
+
+def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMonitor) -> None:
+    metrics = result.metrics()
+    if monitor.emissions_kg is not None:
+        metrics["co2_kg"] = monitor.emissions_kg
+    peak = monitor.peak_watts(result.phases["total"])
+    if peak is not None:
+        metrics["peak_watts"] = peak
+    recorder.log_metrics(metrics)
+    recorder.set_tags(energy_tags(result, monitor))
+    recorder.log_params({f"compress.{k}": v for k, v in result.report.facts.items() if _scalar(v)})
+    recorder.log_json("compression_report.json", result.report.to_dict())
+    recorder.log_table("epochs.csv", [{"epoch": e.epoch, **e.metrics()} for e in result.epochs])
+    if result.config.save_model and result.model is not None:
+        recorder.log_model(result.model)
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, (int, float, str, bool))
