@@ -115,7 +115,7 @@ class PowerSampler:
         started = time.perf_counter()
         next_due = [started + source.poll_period_s for source in self._sources]
         while not self._stop.is_set():
-            now = time.perf_counter()
+            now, stamp = time.perf_counter(), self._clock()  # the row's time: its samples'
             due = [i for i, when in enumerate(next_due) if when <= now]
             for i in due:
                 self._poll(self._sources[i])
@@ -123,7 +123,7 @@ class PowerSampler:
                 if next_due[i] <= now:  # ticks missed while a poll was slow are skipped
                     next_due[i] = now + self._sources[i].poll_period_s
             if due:
-                self._append_row()
+                self._append_row(stamp)
             self.cpu_seconds = time.thread_time() - cpu_start
             self._stop.wait(max(0.0, min(next_due) - time.perf_counter()))
 
@@ -135,7 +135,7 @@ class PowerSampler:
             return
         self._latest.update(watts)
 
-    def _append_row(self) -> None:
+    def _append_row(self, stamp: float) -> None:
         if self._latest:
             with self._rows_lock:
-                self._rows.append((self._clock(), dict(self._latest)))
+                self._rows.append((stamp, dict(self._latest)))
