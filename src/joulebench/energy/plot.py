@@ -54,7 +54,8 @@ def plot_power_trace(
     axes.set_ylim(bottom=0)
     axes.set_xlabel("seconds since the monitor's first record")
     axes.set_ylabel("watts")
-    axes.legend(loc="upper right")
+    if trace:
+        axes.legend(loc="upper right")
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path

@@ -1,0 +1,78 @@
+"""CodeCarbon as a meter, with the real OfflineEmissionsTracker (no network needed)."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+from codecarbon.input import DataSource
+
+from joulebench.energy import EnergyMonitor
+from joulebench.energy.carbon import JOULES_PER_KWH, CodeCarbonMeter, check_country
+from joulebench.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tracker's whole life: a too-short window, a 1.3 s window, close."""
+    output_dir = tmp_path_factory.mktemp("codecarbon")
+    meter = CodeCarbonMeter("usa", output_dir)
+    monitor = EnergyMonitor([meter])
+    with monitor.window("compress") as short:
+        pass
+    with monitor.window("idle") as idle:
+        time.sleep(1.3)
+    monitor.close()
+    with (output_dir / "emissions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    return meter, monitor, short.measurement, idle.measurement, rows
+
+
+def test_country_is_normalised_and_an_unknown_one_is_a_one_line_config_error(finished_run):
+    meter = finished_run[0]
+    assert meter.country == "USA"
+    with pytest.raises(ConfigError) as error:
+        check_country("Narnia")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "'Narnia'" in message and "USA, FRA" in message and "fix:" in message
+
+
+def test_window_ram_energy_is_codecarbons_ram_power_times_the_window(finished_run):
+    _, _, _, idle, (row,) = finished_run
+    assert idle.sources == {"cpu": "codecarbon_estimate", "ram": "codecarbon_estimate"}
+    assert idle.seconds >= 1.3 and idle.flags == ()
+    # CodeCarbon models RAM power as a constant of the installed memory: our window must
+    # see exactly that power, to the few ms between its measurement and our clock.
+    assert idle.joules["ram"] / idle.seconds == pytest.approx(float(row["ram_power"]), rel=0.02)
+    assert idle.joules["cpu"] > 0
+
+
+def test_window_shorter_than_measure_power_secs_is_flagged_not_zero(finished_run):
+    short = finished_run[2]
+    assert short.joules == {} and short.total_joules is None
+    (flag,) = short.flags
+    assert flag.startswith("codecarbon_estimate: window of ")
+    assert flag.endswith("shorter than the meter's 1000 ms update period; cpu, ram not measured")
+
+
+def test_csv_is_written_once_at_close_and_carries_the_runs_co2(finished_run):
+    meter, monitor, _, idle, rows = finished_run
+    (row,) = rows
+    assert meter.artifacts() == monitor.artifacts() and monitor.artifacts()[0].name == "emissions.csv"
+    assert float(row["emissions"]) == monitor.emissions_kg > 0
+    assert row["country_iso_code"] == "USA" and row["project_name"] == "joulebench"
+    intensity_kg_per_kwh = DataSource().get_global_energy_mix_data()["USA"]["carbon_intensity"] / 1000
+    kwh = float(row["energy_consumed"])
+    assert monitor.emissions_kg == pytest.approx(kwh * intensity_kg_per_kwh, rel=1e-9)
+    assert kwh * JOULES_PER_KWH >= idle.total_joules  # the tracker's life covers the window
+
+
+def test_meter_reporting_no_device_still_gives_the_runs_co2(tmp_path: Path):
+    meter = CodeCarbonMeter("FRA", tmp_path, reported={})
+    assert meter.devices() == [] and meter.read() == {} and meter.poll_period_s is None
+    meter.close()
+    assert meter.emissions_kg > 0
+    assert [path.name for path in meter.artifacts()] == ["emissions.csv"]
