@@ -93,6 +93,10 @@ class Window:
     measurement: Measurement | None = None
 
 
+def _failure(meter: Meter, error: Exception) -> str:
+    return f"{meter.source} failed: {type(error).__name__}: {error}"
+
+
 TRACE_CSV = "power_trace.csv"
 TRACE_PNG = "power_trace.png"
 
@@ -119,28 +123,42 @@ class EnergyMonitor:
     def window(self, name: str) -> Iterator[Window]:
         handle = Window(name)
         start_wall = time.time()
-        start_readings, flags = self._read_all()
-        start = self.clock()
+        start, start_readings, flags = self._read_all()
         try:
             yield handle
         finally:
-            end_readings, end_flags = self._read_all()
-            seconds = self.clock() - start
+            end, end_readings, end_flags = self._read_all()
+            seconds = end - start
             handle.measurement = self._measure(
                 name, start_wall, seconds, start_readings, end_readings, flags + end_flags
             )
             self.measurements.append(handle.measurement)
 
-    def _read_all(self) -> tuple[dict[int, dict[str, float]], list[str]]:
-        readings: dict[int, dict[str, float]] = {}  # meter index -> cumulative joules
+    def _read_all(self) -> tuple[float, dict[int, dict[str, float]], list[str]]:
+        """(edge time, cumulative joules per meter index, flags) at one window edge.
+
+        Every meter syncs first (waiting for queued GPU work belongs to the window), then the
+        edge is timed, then the meters are read, the fastest and most exact (NVML) first, so
+        that the window's seconds and the counter's joules span the same interval.
+        """
         flags: list[str] = []
-        for index, meter in enumerate(self.meters):
+        synced: list[Meter] = []
+        for meter in self.meters:
             try:
                 meter.sync()
-                readings[index] = meter.read()
+                synced.append(meter)
             except Exception as error:  # a failing meter must never take the run down
-                flags.append(f"{meter.source} failed: {type(error).__name__}: {error}")
-        return readings, flags
+                flags.append(_failure(meter, error))
+        edge = self.clock()
+        readings: dict[int, dict[str, float]] = {}
+        for index, meter in enumerate(self.meters):
+            if meter not in synced:
+                continue
+            try:
+                readings[index] = meter.read()
+            except Exception as error:
+                flags.append(_failure(meter, error))
+        return edge, readings, flags
 
     def _measure(self, name, start_wall, seconds, begin, end, flags) -> Measurement:
         joules: dict[str, float] = {}
