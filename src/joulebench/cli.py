@@ -5,6 +5,7 @@ Bad input ends with one line on stderr and exit code 2; Ctrl-C or SIGTERM with e
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -128,6 +129,7 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns bad input into one line and exit 2, interruption into exit 130."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the summary readable
     try:
         cli.main(args=argv, prog_name="joulebench", standalone_mode=False)
     except ConfigError as error:

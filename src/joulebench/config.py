@@ -68,12 +68,13 @@ def resolve_device(requested: str) -> str:
 
 
 def _positive(name: str, value: Any, kind: type) -> Any:
+    noun = "whole number" if kind is int else "number"
     try:
         number = kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a {kind.__name__} > 0, got {value!r}") from None
+        raise ConfigError(f"{name} must be a {noun} > 0, got {value!r}") from None
     if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ConfigError(f"{name} must be a whole number > 0, got {value!r}")
+        raise ConfigError(f"{name} must be a {noun} > 0, got {value!r}")
     if not number > 0:
         raise ConfigError(f"{name} must be > 0, got {value!r}")
     return number

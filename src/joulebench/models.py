@@ -126,6 +126,17 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verify_hash(path: Path, expected_prefix: str, name: str) -> None:
+    """ConfigError unless the file's sha256 starts with the published ``expected_prefix``."""
+    actual = sha256_of(path)
+    if not actual.startswith(expected_prefix):
+        raise ConfigError(
+            f"weights file {path} has sha256 {actual[:12]}…, torchvision publishes "
+            f"{expected_prefix}…; the file is corrupt or not {name}'s: delete it and "
+            f"`joulebench fetch weights --model {name}` (or `dvc pull`)"
+        )
+
+
 def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module:
     """The model with ``weights`` (``none`` | ``imagenet`` | a path) and a ``num_classes`` head."""
     check_model_name(name)
@@ -159,14 +170,7 @@ def load_state_dict(name: str, path: Path, check_hash: bool) -> dict[str, torch.
             f"`joulebench fetch weights --model {name}`, or pass --weights none"
         )
     if check_hash:
-        expected = published_hash_prefix(name)
-        actual = sha256_of(path)
-        if not actual.startswith(expected):
-            raise ConfigError(
-                f"weights file {path} has sha256 {actual[:12]}…, torchvision publishes "
-                f"{expected}…; the file is corrupt or not {name}'s: delete it and "
-                f"`joulebench fetch weights --model {name}` (or `dvc pull`)"
-            )
+        verify_hash(path, published_hash_prefix(name), name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -207,27 +211,28 @@ def check_architecture(
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap every final classification Linear (main and auxiliary) for a ``num_classes`` one."""
-    heads = [
-        (parent, attr, layer)
-        for parent in model.modules()
-        for attr, layer in parent.named_children()
-        if isinstance(layer, nn.Linear)
+    """Swap the final classification layer (and Inception's auxiliary one) for ``num_classes``.
+
+    The head is the last Linear, or the last 1×1 Conv2d for SqueezeNet-style models.
+    """
+    layers = [
+        (name, layer)
+        for name, layer in model.named_modules()  # depth-first: the head comes last
+        if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1))
     ]
-    if not heads:
-        raise ConfigError(f"{type(model).__name__} has no Linear classification head")
-    out_features = heads[-1][2].out_features  # the final layer's class count (1000 for ImageNet)
-    for parent, attr, layer in heads:
-        if layer.out_features == out_features and _is_head(model, layer):
-            setattr(parent, attr, nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None))
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} has no Linear or 1×1 conv classification head")
+    aux_fc = getattr(getattr(model, "AuxLogits", None), "fc", None)
+    heads = [layers[-1]] + [entry for entry in layers if aux_fc is not None and entry[1] is aux_fc]
+    for name, layer in heads:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, _new_head(layer, num_classes))
 
 
-def _is_head(model: nn.Module, layer: nn.Linear) -> bool:
-    """A Linear is a head when it is the last Linear of the model or of an auxiliary branch."""
-    aux = getattr(model, "AuxLogits", None)
-    aux_fc = getattr(aux, "fc", None)
-    final = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    return layer is final or layer is aux_fc
+def _new_head(layer: nn.Module, num_classes: int) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
+    return nn.Conv2d(layer.in_channels, num_classes, 1, bias=layer.bias is not None)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -82,6 +82,8 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
                 recorder.log_files(monitor.artifacts(), "energy")
                 recorder.log_json("energy/windows.json", measurements_table(monitor))
             _log_result(recorder, result, monitor)
+            if config.save_model:
+                recorder.log_model(result.model, data.val[0][0][None])
             tags = energy_tags(result, monitor)
     return Summary(
         recorder.run_id, recorder.experiment_id, result, tags["energy_source"],
@@ -107,8 +109,6 @@ def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMon
     recorder.log_params({f"compress.{k}": v for k, v in result.report.facts.items() if _scalar(v)})
     recorder.log_json("compression_report.json", result.report.to_dict())
     recorder.log_table("epochs.csv", [{"epoch": e.epoch, **e.metrics()} for e in result.epochs])
-    if result.config.save_model and result.model is not None:
-        recorder.log_model(result.model)
 
 
 def _scalar(value: object) -> bool:

@@ -144,11 +144,18 @@ class Recorder:
             if path.is_file():
                 mlflow.log_artifact(str(path), folder)
 
-    def log_model(self, model: torch.nn.Module) -> None:
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        """The model in MLflow's PyTorch flavour; ``mlflow.pytorch.load_model`` reads it back.
+
+        Pickled as a whole module, not exported to pt2: an export is traced at the example's
+        batch size and would refuse any other batch size when loaded back.
+        """
         # Pinning the requirements skips MLflow's slow inference of them (it re-imports the model).
         mlflow.pytorch.log_model(
-            model.cpu(),
+            model.cpu().eval(),
             name="model",
+            serialization_format="pickle",
+            input_example=example.cpu().numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                               f"torchvision=={torchvision.__version__.split('+')[0]}"],
         )

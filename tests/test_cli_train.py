@@ -1,0 +1,184 @@
+"""End to end: ``joulebench train`` on digits, read back from the MLflow store it wrote."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from joulebench.cli import main
+from joulebench.energy import describe_meters
+from joulebench.models import build_model, count_parameters
+
+from conftest import run_cli
+
+SOURCES = {"nvml_counter", "nvml_power", "rapl", "codecarbon_estimate"}
+
+
+def only_run(store: Path):
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("joulebench")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def nothing_measurable_here() -> bool:
+    """No GPU and no readable RAPL: CodeCarbon's estimate is all this host can give."""
+    available = {name for name, ok, _ in describe_meters(torch.device("cpu")) if ok}
+    return not torch.cuda.is_available() and "rapl" not in available
+
+
+def test_train_records_params_metrics_tags_and_artifacts(workdir):
+    result = run_cli(
+        ["train", "--model", "tinynet", "--weights", "none", "--epochs", "2", "--idle-seconds", "1",
+         "--inference-batches", "3", "--save-model", "--quiet", "--run-name", "e2e"],
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    client, run = only_run(workdir / "mlflow.db")
+    assert run.info.status == "FINISHED" and run.info.run_name == "e2e"
+    params = run.data.params
+    assert (params["model"], params["method"], params["dataset"]) == ("tinynet", "baseline", "digits")
+    assert (params["epochs"], params["batch_size"], params["seed"], params["image_size"]) == ("2", "64", "0", "32")
+    assert params["weights_source"] == "none" and params["device"] == "cpu"
+
+    metrics = run.data.metrics
+    assert 0.5 < metrics["accuracy"] <= 1.0  # chance is 0.1; tinynet reaches ~0.9 in 2 epochs
+    assert metrics["top5"] >= metrics["accuracy"]
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    assert history[-1].value == metrics["accuracy"]
+    assert metrics["train_samples"] == 2 * 1437
+    assert metrics["energy_total_j"] > metrics["energy_train_j"] > 0
+    assert metrics["energy_total_kwh"] == pytest.approx(metrics["energy_total_j"] / 3.6e6)
+    assert metrics["j_per_train_sample"] == pytest.approx(metrics["energy_train_j"] / (2 * 1437))
+    epoch_joules = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_joules")]
+    assert sum(epoch_joules) == pytest.approx(metrics["energy_train_j"])
+    assert metrics["co2_kg"] > 0
+    assert metrics["duration_s"] > metrics["train_seconds"] > 0
+    assert metrics["parameters"] == count_parameters(build_model("tinynet", 10))
+    assert metrics["inference_ms_per_image"] > 0
+
+    tags = run.data.tags
+    assert set(tags["energy_source"].split("+")) <= SOURCES
+    if nothing_measurable_here():
+        assert tags["energy_source"] == "codecarbon_estimate"
+        assert tags["energy_source.cpu"] == "codecarbon_estimate"
+    assert tags["torch_version"] == torch.__version__ and tags["data_version"].startswith("sha256:")
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "compression_report.json", "epochs.csv", "energy"} <= artifacts
+    energy_files = {a.path for a in client.list_artifacts(run.info.run_id, "energy")}
+    assert "energy/windows.json" in energy_files
+    assert any(path.endswith(".csv") for path in energy_files)
+    epochs_csv = Path(client.download_artifacts(run.info.run_id, "epochs.csv", str(workdir)))
+    assert epochs_csv.read_text().splitlines()[0].startswith("epoch,train_loss,val_accuracy")
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+    assert f"run id    {run.info.run_id}" in result.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in result.stdout
+    assert "codecarbon_estimate" in result.stdout or "source:" in result.stdout
+
+
+BAD_INPUTS = [
+    (["--model", "resnet19"], "unknown model 'resnet19'"),
+    (["--method", "quantise"], "unknown method 'quantise'"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--epochs", "0"], "--epochs must be > 0"),
+    (["--epochs", "many"], "--epochs must be a whole number > 0"),
+    (["--batch-size", "0"], "--batch-size must be > 0"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--model", "inception_v3", "--weights", "none", "--image-size", "32"], "minimum of 75"),
+    (["--dataset", "cifar10"], "dvc pull"),
+    (["--model", "resnet18", "--weights", "imagenet"], "joulebench fetch weights --model resnet18"),
+    (["--model", "resnet18", "--weights", "corrupt.pth"], "truncated or corrupt"),
+    (["--optimizer", "rmsprop"], "'rmsprop' is not one of 'adam', 'sgd'"),
+    (["--param", "bits=3"], "has no parameter 'bits'"),
+    (["--no-such-flag"], "No such option"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_one_line_exit_2_no_run(workdir, capsys, args, message):
+    (workdir / "corrupt.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    base = ["train", "--model", "tinynet", "--weights", "none", "--idle-seconds", "0", "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert message in lines[0] and lines[0].startswith("joulebench: error: ")
+    assert "Traceback" not in err
+    assert not (workdir / "mlflow.db").exists() or not _runs_in(workdir / "mlflow.db")
+
+
+def _runs_in(store: Path) -> list:
+    client = MlflowClient(f"sqlite:///{store}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_unwritable_tracking_store_is_one_line(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/missing-dir/mlflow.db")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "tinynet", "--weights", "none", "--idle-seconds", "0", "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not writable" in err and "MLFLOW_TRACKING_URI" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_is_killed_and_keeps_finished_epochs(workdir, signum):
+    executable = Path(sys.executable).with_name("joulebench")
+    process = subprocess.Popen(
+        [str(executable), "train", "--model", "tinynet", "--weights", "none", "--epochs", "500",
+         "--limit-train-batches", "3", "--idle-seconds", "0", "--quiet"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        client, run_id = _wait_for_first_epoch(workdir / "mlflow.db", process)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
+    assert steps[0] == 1 and steps == list(range(1, len(steps) + 1))
+    assert "Traceback" not in err
+
+
+def _wait_for_first_epoch(store: Path, process: subprocess.Popen, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            runs = _runs_in(store) if store.exists() else []
+        except Exception:  # the CLI may still be creating the store's tables
+            runs = []
+        if runs and "val_accuracy" in runs[0].data.metrics:
+            return MlflowClient(f"sqlite:///{store}"), runs[0].info.run_id
+        time.sleep(0.5)
+    raise AssertionError("no epoch was logged in time")
+
+
+@pytest.mark.slow
+def test_readme_main_job_resnet18_reaches_080(workdir):
+    """The README's main job, exactly: resnet18 from scratch on digits, 3 epochs."""
+    result = run_cli(
+        ["train", "--model", "resnet18", "--method", "baseline", "--weights", "none", "--epochs", "3"],
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    _, run = only_run(workdir / "mlflow.db")
+    assert run.data.metrics["accuracy"] >= 0.8

@@ -1,0 +1,63 @@
+"""RunConfig validation: every bad value is one ConfigError naming what is accepted."""
+
+import pytest
+
+from joulebench.config import make_config, resolve_device
+from joulebench.errors import ConfigError
+
+
+def config(**overrides):
+    values = {"model": "tinynet", "method": "baseline", "weights": "none"} | overrides
+    return make_config(**values)
+
+
+def test_defaults_resolved():
+    cfg = config(model="resnet18", weights="imagenet", lr=None)
+    assert (cfg.image_size, cfg.optimizer, cfg.lr, cfg.device) == (32, "adam", 0.001, "cpu")
+    assert config(optimizer="sgd").lr == 0.01
+    assert config(model="inception_v3").image_size == 75
+    assert config(model="vit_b_16").image_size == 224
+    assert config(epochs="4", batch_size="16", lr="0.5").epochs == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model": "resnet1000"}, "unknown model 'resnet1000'; accepted: densenet121"),
+        ({"method": "quantize"}, "unknown method 'quantize'; accepted: baseline"),
+        ({"dataset": "mnist"}, "unknown dataset 'mnist'; accepted: digits"),
+        ({"epochs": "0"}, "--epochs must be > 0, got '0'"),
+        ({"epochs": "three"}, "--epochs must be a whole number > 0, got 'three'"),
+        ({"epochs": 2.5}, "--epochs must be a whole number > 0"),
+        ({"batch_size": "-8"}, "--batch-size must be > 0"),
+        ({"lr": "0"}, "--lr must be > 0"),
+        ({"lr": "fast"}, "--lr must be a number > 0"),
+        ({"model": "inception_v3", "image_size": "64"}, "below inception_v3's minimum of 75"),
+        ({"model": "vit_b_16", "image_size": "96"}, "takes only 224"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; accepted: sgd, adam"),
+        ({"country": "France"}, "alpha-3"),
+        ({"params": ("bits=16",)}, "method 'baseline' has no parameter 'bits'; accepted: none"),
+        ({"params": ("nonsense",)}, "is not key=value"),
+    ],
+)
+def test_bad_values_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        config(**overrides)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_devices():
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+
+
+def test_cuda_refused_where_no_gpu_is_visible():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ConfigError, match="not available here"):
+        resolve_device("cuda:0")
