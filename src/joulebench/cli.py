@@ -5,7 +5,7 @@ Bad input ends with one line on stderr and exit code 2; Ctrl-C or SIGTERM with e
 
 from __future__ import annotations
 
-import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -68,6 +68,10 @@ def training_options(function):
 @click.option("--run-name", default=None, help="MLflow run name.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--save-model", is_flag=True, help="Log the fine-tuned model (mlflow.pytorch flavour).")
+@click.option("--metrics-json", default=None, type=click.Path(dir_okay=False),
+              help="Also write the final metrics to this JSON file (DVC metrics).")
+@click.option("--repeat", default=0, show_default=True, type=int, help="Repeat index (sweeps set it).")
+@click.option("--parent-run-id", default=None, help="Nest the run under this MLflow run (sweeps set it).")
 def train(quiet: bool, **options: Any) -> None:
     """Fine-tune one model with one method, measured, and record it in MLflow."""
     from joulebench.config import make_config
@@ -129,7 +133,7 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turns bad input into one line and exit 2, interruption into exit 130."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the summary readable
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep the summary readable
     try:
         cli.main(args=argv, prog_name="joulebench", standalone_mode=False)
     except ConfigError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,9 +44,21 @@ class RunConfig:
     idle_seconds: float = 5.0
     inference_batches: int = 10
     sample_hz: float = 10.0
+    repeat: int = 0  # index of this run among a sweep's repeats of the same combination
+    parent_run_id: str | None = None  # the sweep's parent MLflow run, when run by a sweep
+    metrics_json: Path | None = None  # also write the final metrics here (DVC metrics)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str, indent=2, sort_keys=True)
+
+    def config_hash(self) -> str:
+        """Identity of the result: equal hashes mean the same experiment (sweeps skip them)."""
+        identity = {k: v for k, v in asdict(self).items() if k not in NOT_IN_HASH}
+        return hashlib.sha256(json.dumps(identity, default=str, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields that name, place or report a run without changing what it measures.
+NOT_IN_HASH = frozenset({"experiment", "run_name", "save_model", "parent_run_id", "metrics_json"})
 
 
 def resolve_device(requested: str) -> str:
@@ -110,7 +123,9 @@ def make_config(
     country = str(rest.pop("country", "USA")).upper()
     if len(country) != 3 or not country.isalpha():
         raise ConfigError(f"--country {country!r} must be an ISO 3166 alpha-3 code such as USA, FRA, DEU")
+    metrics_json = rest.pop("metrics_json", None)
     return RunConfig(
+        metrics_json=Path(metrics_json) if metrics_json else None,
         model=model,
         method=method,
         method_params=method_params,

@@ -5,6 +5,7 @@ The glue between the loop (``train``), which knows nothing of tracking, and ``tr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,10 @@ def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMon
     if peak is not None:
         metrics["peak_watts"] = peak
     recorder.log_metrics(metrics)
+    if result.config.metrics_json:
+        path = result.config.metrics_json
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     recorder.set_tags(energy_tags(result, monitor))
     recorder.log_params({f"compress.{k}": v for k, v in result.report.facts.items() if _scalar(v)})
     recorder.log_json("compression_report.json", result.report.to_dict())

@@ -101,7 +101,8 @@ def _git_commit() -> str:
 def config_params(config: RunConfig, weights_source: str) -> dict[str, Any]:
     """The run's params: every config field, method parameters as ``method.KEY``."""
     params: dict[str, Any] = {
-        k: v for k, v in vars(config).items() if k not in ("method_params", "run_name", "experiment")
+        k: v for k, v in vars(config).items()
+        if k not in ("method_params", "run_name", "experiment", "parent_run_id", "metrics_json")
     }
     params.update({f"method.{k}": v for k, v in config.method_params.items()})
     params["weights_source"] = weights_source
@@ -165,8 +166,10 @@ class Recorder:
 def recorded_run(config: RunConfig, tags: dict[str, str], params: dict[str, Any]) -> Iterator[Recorder]:
     """One MLflow run: FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on an error."""
     experiment_id = use_store(config.experiment)
+    tags = tags | {"config_hash": config.config_hash(), "repeat": str(config.repeat)}
     run = mlflow.start_run(
-        run_name=config.run_name, tags=tags, log_system_metrics=True, experiment_id=experiment_id
+        run_name=config.run_name, tags=tags, log_system_metrics=True,
+        experiment_id=experiment_id, parent_run_id=config.parent_run_id,
     )
     recorder = Recorder(run.info.run_id, experiment_id)
     try:
