@@ -221,6 +221,8 @@ class EnergyMonitor:
         from joulebench.energy.plot import plot_power_trace, write_trace_csv
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        csv_path = write_trace_csv(trace, self.output_dir / TRACE_CSV)
-        png_path = plot_power_trace(trace, self.measurements, self.output_dir / TRACE_PNG)
-        self._written = [csv_path, png_path]
+        self._written = [write_trace_csv(trace, self.output_dir / TRACE_CSV)]
+        try:
+            self._written.append(plot_power_trace(trace, self.measurements, self.output_dir / TRACE_PNG))
+        except ModuleNotFoundError as missing:  # a lean GPU host may lack matplotlib
+            self.unavailable["trace_plot"] = f"{missing.name} not installed"
