@@ -25,6 +25,9 @@ from joulebench.compress.base import (
     parse_bool,
 )
 from joulebench.compress.baseline import Baseline
+from joulebench.compress.lowrank import LowRank
+from joulebench.compress.prune import Prune
+from joulebench.compress.stego import Stego
 from joulebench.errors import ConfigError
 
 __all__ = [
@@ -32,7 +35,9 @@ __all__ = [
     "flops_per_sample", "method_names", "model_stats", "parse_bool", "parse_method_params",
 ]
 
-METHODS: dict[str, type[Method]] = {Baseline.name: Baseline}
+METHODS: dict[str, type[Method]] = {
+    method.name: method for method in (Baseline, Stego, Prune, LowRank)
+}
 
 
 def method_names() -> list[str]:

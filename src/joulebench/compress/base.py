@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -89,15 +90,49 @@ def model_stats(model: nn.Module, example: torch.Tensor) -> ModelStats:
     return ModelStats(parameters, nonzero, weight_bytes, flops_per_sample(model, example))
 
 
-def flops_per_sample(model: nn.Module, example: torch.Tensor) -> int:
-    """Forward FLOPs for one sample, counted by ``FlopCounterMode`` on a one-sample batch."""
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode without gradients for a look at ``model``; its training flag is restored after."""
     was_training = model.training
     model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def flops_per_sample(model: nn.Module, example: torch.Tensor) -> int:
+    """Forward FLOPs for one sample, counted by ``FlopCounterMode`` on a one-sample batch."""
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with evaluating(model), counter:
         model(example[:1])
-    model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def output_classes(model: nn.Module, example: torch.Tensor) -> int:
+    """How many class scores ``model`` produces (the width of its eval-mode logits)."""
+    with evaluating(model):
+        return int(model(example[:1]).shape[-1])
+
+
+def classifier_heads(model: nn.Module, num_classes: int) -> dict[str, nn.Module]:
+    """The layers that produce class scores, by name: every Linear (or 1×1 Conv2d, SqueezeNet's
+    head) with ``num_classes`` outputs, so Inception's auxiliary head is found too.
+
+    Compressions leave them alone: their outputs are the classes, and they are the freshly
+    initialised part of a fine-tuned model.
+    """
+    return {
+        name: layer
+        for name, layer in model.named_modules()
+        if (isinstance(layer, nn.Linear) and layer.out_features == num_classes)
+        or (
+            isinstance(layer, nn.Conv2d)
+            and layer.kernel_size == (1, 1)
+            and layer.out_channels == num_classes
+        )
+    }
 
 
 def parse_bool(text: str) -> bool:
