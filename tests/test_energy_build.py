@@ -92,6 +92,7 @@ def test_rapl_with_dram_leaves_codecarbon_with_the_co2_only(tmp_path: Path):
         with monitor.window("idle") as idle:
             tree.add("intel-rapl:0", 4.0)
             tree.add("intel-rapl:0:2", 1.0)
+            time.sleep(0.01)  # longer than RAPL's 1 ms update period, or it is not measured
     finally:
         monitor.close()
     assert idle.measurement.joules == {"cpu": 4.0, "ram": 1.0}
