@@ -49,6 +49,7 @@ def test_train_records_params_metrics_tags_and_artifacts(workdir):
     assert params["weights_source"] == "none" and params["device"] == "cpu"
 
     metrics = run.data.metrics
+    assert "energy_train_j" in metrics, run.data.tags.get("energy_flags")
     assert 0.5 < metrics["accuracy"] <= 1.0  # chance is 0.1; tinynet reaches ~0.9 in 2 epochs
     assert metrics["top5"] >= metrics["accuracy"]
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
