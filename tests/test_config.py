@@ -61,3 +61,18 @@ def test_cuda_refused_where_no_gpu_is_visible():
     assert resolve_device("auto") == "cpu"
     with pytest.raises(ConfigError, match="not available here"):
         resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"idle_seconds": -1}, "--idle-seconds must be ≥ 0"),
+        ({"inference_batches": 0}, "--inference-batches must be > 0"),
+        ({"sample_hz": 0}, "power sample rate 0.0 Hz is out of range"),
+        ({"sample_hz": 1000}, "at most 100 Hz"),
+    ],
+)
+def test_measurement_options_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config(**overrides)
+    assert config(sample_hz=20).sample_hz == 20.0

@@ -12,6 +12,7 @@ import torch
 
 from joulebench.compress import parse_method_params
 from joulebench.data import check_dataset_spec
+from joulebench.energy import check_sample_hz
 from joulebench.errors import ConfigError
 from joulebench.models import DIGITS_IMAGE_SIZE, check_model_name, image_sizes
 
@@ -124,8 +125,17 @@ def make_config(
     if len(country) != 3 or not country.isalpha():
         raise ConfigError(f"--country {country!r} must be an ISO 3166 alpha-3 code such as USA, FRA, DEU")
     metrics_json = rest.pop("metrics_json", None)
+    idle_seconds = float(rest.pop("idle_seconds", 5.0))
+    if idle_seconds < 0:
+        raise ConfigError(f"--idle-seconds must be ≥ 0, got {idle_seconds}; 0 skips the idle baseline")
+    inference_batches = _positive("--inference-batches", rest.pop("inference_batches", 10), int)
+    sample_hz = float(rest.pop("sample_hz", 10.0))
+    check_sample_hz(sample_hz)
     return RunConfig(
         metrics_json=Path(metrics_json) if metrics_json else None,
+        idle_seconds=idle_seconds,
+        inference_batches=inference_batches,
+        sample_hz=sample_hz,
         model=model,
         method=method,
         method_params=method_params,
