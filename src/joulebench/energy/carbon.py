@@ -125,11 +125,6 @@ class CodeCarbonMeter(Meter):
         self._flush()
         self._rate(self._cumulative_joules())
 
-    @property
-    def tracker(self):
-        """The underlying OfflineEmissionsTracker (for its detected hardware)."""
-        return self._tracker
-
     def devices(self) -> list[str]:
         return list(self._reported)
 

@@ -93,6 +93,16 @@ class Window:
     measurement: Measurement | None = None
 
 
+@dataclass
+class _Edge:
+    """One side of a window: when it was (monitor clock and wall clock) and what was read."""
+
+    clock: float
+    wall: float
+    readings: dict[int, dict[str, float]]  # meter index -> cumulative joules per device
+    flags: list[str]
+
+
 def _failure(meter: Meter, error: Exception) -> str:
     return f"{meter.source} failed: {type(error).__name__}: {error}"
 
@@ -122,25 +132,17 @@ class EnergyMonitor:
     @contextmanager
     def window(self, name: str) -> Iterator[Window]:
         handle = Window(name)
-        start_wall = time.time()
-        start, start_readings, flags = self._read_all()
+        begin = self._edge()
         try:
             yield handle
         finally:
-            end, end_readings, end_flags = self._read_all()
-            seconds = end - start
-            handle.measurement = self._measure(
-                name, start_wall, seconds, start_readings, end_readings, flags + end_flags
-            )
+            handle.measurement = self._measure(name, begin, self._edge())
             self.measurements.append(handle.measurement)
 
-    def _read_all(self) -> tuple[float, dict[int, dict[str, float]], list[str]]:
-        """(edge time, cumulative joules per meter index, flags) at one window edge.
-
-        Every meter syncs first (waiting for queued GPU work belongs to the window), then the
-        edge is timed, then the meters are read, the fastest and most exact (NVML) first, so
-        that the window's seconds and the counter's joules span the same interval.
-        """
+    def _edge(self) -> _Edge:
+        """Every meter syncs first (waiting for queued GPU work belongs to the window), then
+        the edge is timed, then the meters are read in order, the most exact (NVML) first, so
+        that the window's seconds and the counter's joules span the same interval."""
         flags: list[str] = []
         synced: list[Meter] = []
         for meter in self.meters:
@@ -149,36 +151,37 @@ class EnergyMonitor:
                 synced.append(meter)
             except Exception as error:  # a failing meter must never take the run down
                 flags.append(_failure(meter, error))
-        edge = self.clock()
-        readings: dict[int, dict[str, float]] = {}
+        edge = _Edge(self.clock(), time.time(), {}, flags)
         for index, meter in enumerate(self.meters):
             if meter not in synced:
                 continue
             try:
-                readings[index] = meter.read()
+                edge.readings[index] = meter.read()
             except Exception as error:
                 flags.append(_failure(meter, error))
-        return edge, readings, flags
+        return edge
 
-    def _measure(self, name, start_wall, seconds, begin, end, flags) -> Measurement:
+    def _measure(self, name: str, begin: _Edge, end: _Edge) -> Measurement:
+        seconds = end.clock - begin.clock
         joules: dict[str, float] = {}
         sources: dict[str, str] = {}
+        flags = begin.flags + end.flags
         for index, meter in enumerate(self.meters):
-            if index not in begin or index not in end or not end[index]:
+            first, last = begin.readings.get(index), end.readings.get(index)
+            if not first or not last:
                 continue
             if seconds < meter.update_period_s:
                 # Such a difference is mostly quantisation (often exactly 0 J): report nothing.
                 flags.append(
                     f"{meter.source}: window of {seconds * 1000:.1f} ms is shorter than the "
                     f"meter's {meter.update_period_s * 1000:.0f} ms update period; "
-                    f"{', '.join(sorted(end[index]))} not measured"
+                    f"{', '.join(sorted(last))} not measured"
                 )
                 continue
-            for device, value in end[index].items():
-                if device in begin[index]:
-                    joules[device] = value - begin[index][device]
-                    sources[device] = meter.source
-        return Measurement(name, start_wall, seconds, joules, sources, tuple(flags))
+            for device in (d for d in last if d in first):
+                joules[device] = last[device] - first[device]
+                sources[device] = meter.source
+        return Measurement(name, begin.wall, seconds, joules, sources, tuple(flags))
 
     def power_trace(self) -> list[TraceRow]:
         """(wall time, watts per device) rows sampled so far, oldest first."""
