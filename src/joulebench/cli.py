@@ -1,4 +1,4 @@
-"""The ``joulebench`` command: train · methods · meters.
+"""The ``joulebench`` command: train · capacity · methods · meters.
 
 Bad input ends with one line on stderr and exit code 2; Ctrl-C or SIGTERM with exit 130.
 """
@@ -102,6 +102,36 @@ def format_summary(summary: Any) -> str:
 
 
 @cli.command()
+@click.option("--model", default="resnet18", show_default=True, help="Model (as for train).")
+@click.option("--bits", "bits_text", default="0-23", show_default=True,
+              help="Bits values to overwrite: a range and/or list, e.g. 0-23 or 0,8,16,20.")
+@click.option("--fill", default="zero", show_default=True, type=click.Choice(["zero", "random"]),
+              help="Overwrite with zeros (compression) or a seeded random payload.")
+@click.option("--tolerance", default=0.01, show_default=True, type=float,
+              help="Accuracy loss against bits = 0 still counted as harmless.")
+@training_options
+@click.option("--run-name", default=None, help="MLflow run name.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def capacity(bits_text: str, fill: str, tolerance: float, quiet: bool, **options: Any) -> None:
+    """Steganographic capacity: fine-tune, then accuracy vs low-order bits overwritten (no training)."""
+    from joulebench.capacity import parse_bits_values
+    from joulebench.config import make_config
+    from joulebench.pipeline import capacity_and_record
+
+    bits_values = parse_bits_values(bits_text)
+    if not 0 <= tolerance < 1:
+        raise ConfigError(f"--tolerance must be in [0, 1), got {tolerance}; e.g. 0.01 for one point")
+    config = make_config(method="baseline", **options)
+    summary = capacity_and_record(config, bits_values, fill, tolerance, not quiet and sys.stderr.isatty())
+    for bits, accuracy in summary.curve:
+        click.echo(f"bits {bits:>2}  accuracy {accuracy:.4f}")
+    click.echo(f"capacity  {summary.capacity_bits} bits per weight within {tolerance:g} of bits = 0 "
+               f"({summary.freed_mb:.2f} MB freed)")
+    click.echo(f"run id    {summary.run_id}")
+    click.echo(f"open      {summary.ui}")
+
+
+@cli.command()
 def methods() -> None:
     """The compression methods and their parameters (pass them as --param KEY=VALUE)."""
     from joulebench.compress import METHODS
@@ -124,6 +154,46 @@ def meters(device: str) -> None:
 
     for name, available, detail in describe_meters(torch.device(resolve_device(device))):
         click.echo(f"{name:<12} {'yes' if available else 'no ':<4} {detail}")
+
+
+@cli.group()
+def fetch() -> None:
+    """Download datasets and pretrained weights, checksum-verified (DVC's fetch stages run this)."""
+
+
+def _mirror_option(function):
+    return click.option(
+        "--mirror", envvar="JOULEBENCH_MIRROR", default=None, metavar="URL",
+        help="Base URL serving the same file names (or env JOULEBENCH_MIRROR) [default: the publishers'].",
+    )(function)
+
+
+@fetch.command("dataset")
+@click.argument("name")
+@click.option("--to", default="data/datasets", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder that receives NAME/.")
+@_mirror_option
+def fetch_dataset_command(name: str, to: Path, mirror: str | None) -> None:
+    """Fetch dataset NAME (cifar10 | imagenette | digits) into TO/NAME/."""
+    from joulebench.fetch import fetch_dataset
+
+    fetched = fetch_dataset(name, to, mirror)
+    click.echo(f"{fetched.path}  {fetched.outcome}")
+
+
+@fetch.command("weights")
+@click.option("--model", required=True, help="A torchvision model, or `all` for the paper's nine.")
+@click.option("--to", default="data/weights", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder that receives <model>-imagenet.pth.")
+@_mirror_option
+def fetch_weights_command(model: str, to: Path, mirror: str | None) -> None:
+    """Fetch torchvision's ImageNet weights of MODEL as TO/<model>-imagenet.pth."""
+    from joulebench.fetch import fetch_weights
+    from joulebench.models import PAPER_MODELS
+
+    for name in PAPER_MODELS if model == "all" else [model]:
+        fetched = fetch_weights(name, to, mirror)
+        click.echo(f"{fetched.path}  {fetched.outcome}")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
