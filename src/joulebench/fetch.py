@@ -1,0 +1,221 @@
+"""Download datasets and pretrained weights, checksum-verified and written atomically.
+
+This is what ``joulebench fetch`` (and so DVC's ``fetch_data`` / ``fetch_weights`` stages) runs
+on a host with network. URLs and checksums are torchvision's own: weights carry a sha256 prefix
+in their file name, dataset archives a published md5. A mirror (``--mirror`` or
+``JOULEBENCH_MIRROR``) serves the same file names from another base URL.
+
+A file or dataset folder appears under its final name only after its checksum matched (temp
+file or folder, then a rename), so an interrupted download leaves nothing that looks complete;
+the ``.partial-`` leftovers a killed process may leave are ignored by DVC (``.dvcignore``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from torchvision import datasets
+from torchvision.datasets.utils import extract_archive
+
+from joulebench.errors import ConfigError
+from joulebench.models import (
+    TINY_MODELS,
+    check_model_name,
+    default_weights_path,
+    published_hash_prefix,
+    published_weights_url,
+    sha256_of,
+)
+
+MIRROR_ENV = "JOULEBENCH_MIRROR"
+PARTIAL = ".partial-"  # marks temp files and folders; .dvcignore hides them from DVC
+CHUNK_BYTES = 1 << 20
+TIMEOUT_S = 60.0
+DIGITS_SPLIT_SEED = 0  # the exported digits' train/val split (the same as --seed 0 on `digits`)
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """What a download must hash to: ``expected`` may be a prefix (torchvision's weights)."""
+
+    algorithm: str  # a hashlib name: md5 | sha256
+    expected: str
+
+    def matches(self, digest: str) -> bool:
+        return digest.startswith(self.expected)
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A dataset published as one archive, and the folder in it that becomes ``<to>/<name>/``."""
+
+    url: str
+    md5: str
+    folder: str | None = None  # None: everything the archive holds
+
+
+# torchvision's published archives. cifar10 keeps its cifar-10-batches-py/ folder (where
+# joulebench.data reads it); imagenette (320 px side) brings train/ and val/ class folders.
+ARCHIVES: dict[str, Archive] = {
+    "cifar10": Archive(datasets.CIFAR10.url, datasets.CIFAR10.tgz_md5),
+    "imagenette": Archive(*datasets.Imagenette._ARCHIVES["320px"], folder="imagenette2-320"),
+}
+EMBEDDED = ("digits",)  # exported from scikit-learn's copy: no network needed
+DATASET_NAMES = (*ARCHIVES, *EMBEDDED)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetched file or folder and what was done to get it (the line the CLI prints)."""
+
+    path: Path
+    outcome: str
+
+
+def source_url(url: str, mirror: str | None) -> str:
+    """``url``, or the same file name under ``mirror`` when one is given."""
+    if not mirror:
+        return url
+    return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
+
+
+def download(url: str, destination: Path, checksum: Checksum) -> int:
+    """Stream ``url`` to ``destination`` if it hashes to ``checksum``; returns the byte count.
+
+    The bytes go to a temp file beside ``destination`` that is renamed only once the length
+    and checksum are right; on any failure (or Ctrl-C) the temp file is removed.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(
+        dir=destination.parent, prefix=f".{destination.name}{PARTIAL}", delete=False
+    )
+    temp = Path(handle.name)
+    try:
+        with handle:
+            received, digest = _stream(url, handle, hashlib.new(checksum.algorithm))
+        if not checksum.matches(digest):
+            raise ConfigError(
+                f"{url} has {checksum.algorithm} {digest[:12]}…, the published one is "
+                f"{checksum.expected[:12]}…: refused and nothing kept; the download is corrupt "
+                "or the mirror serves another file, fetch again or from another mirror"
+            )
+        os.replace(temp, destination)
+        return received
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _stream(url: str, sink: IO[bytes], digest: Any) -> tuple[int, str]:
+    """Copy ``url``'s body into ``sink``, hashing it; ConfigError when it cannot be had whole."""
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            announced = response.headers.get("Content-Length")
+            while block := response.read(CHUNK_BYTES):
+                sink.write(block)
+                digest.update(block)
+                received += len(block)
+    except urllib.error.HTTPError as error:
+        raise ConfigError(
+            f"{urlsplit(url).netloc} answered HTTP {error.code} for {url}; check the mirror "
+            f"(--mirror or {MIRROR_ENV}) or try again later"
+        ) from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        raise _offline(url, getattr(error, "reason", error)) from None
+    # http.client ends the body quietly when the connection drops early: count the bytes.
+    if announced is not None and received != int(announced):
+        raise ConfigError(
+            f"the download of {url} stopped after {received} of {announced} bytes; nothing "
+            "was kept, run the same command again"
+        )
+    return received, digest.hexdigest()
+
+
+def _offline(url: str, reason: object) -> ConfigError:
+    return ConfigError(
+        f"cannot reach {urlsplit(url).netloc} ({reason}): this host has no network to it; get "
+        "the files with `dvc pull` from the project's DVC remote (see docs/dvc.md), or fetch on "
+        f"a host with network, or set {MIRROR_ENV} to a mirror you can reach"
+    )
+
+
+def fetch_weights(model: str, to: Path, mirror: str | None = None) -> Fetched:
+    """``<to>/<model>-imagenet.pth``: torchvision's ImageNet weights, sha256-prefix checked."""
+    check_model_name(model)
+    if model in TINY_MODELS:
+        raise ConfigError(f"{model} has no published weights to fetch; it trains with --weights none")
+    checksum = Checksum("sha256", published_hash_prefix(model))
+    destination = default_weights_path(model, to)
+    if destination.is_file() and checksum.matches(sha256_of(destination)):
+        return Fetched(destination, f"already present, sha256 {checksum.expected}… verified")
+    size = download(source_url(published_weights_url(model), mirror), destination, checksum)
+    return Fetched(destination, f"downloaded {size / 1e6:.1f} MB, sha256 {checksum.expected}… verified")
+
+
+def fetch_dataset(name: str, to: Path, mirror: str | None = None) -> Fetched:
+    """``<to>/<name>/``, installed whole by one rename (a present folder is complete)."""
+    if name not in DATASET_NAMES:
+        raise ConfigError(
+            f"unknown dataset {name!r} to fetch; accepted: {', '.join(DATASET_NAMES)}; "
+            "for other image folders copy them under data/datasets/ and `dvc add` them"
+        )
+    destination = to / name
+    if destination.is_dir():
+        return Fetched(destination, "already present")
+    if name in EMBEDDED:
+        _install_folder(destination, _export_digits)
+        return Fetched(destination, "exported from scikit-learn's copy (no network)")
+    archive = ARCHIVES[name]
+    _install_folder(destination, partial(_unpack, archive, mirror))
+    return Fetched(destination, f"downloaded, md5 {archive.md5[:12]}… verified, extracted")
+
+
+def _install_folder(destination: Path, build: Callable[[Path], Path]) -> None:
+    """Let ``build`` fill a scratch folder beside ``destination``, then rename its result there."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{destination.name}{PARTIAL}", dir=destination.parent))
+    try:
+        os.rename(build(scratch), destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _unpack(archive: Archive, mirror: str | None, scratch: Path) -> Path:
+    url = source_url(archive.url, mirror)
+    packed = scratch / url.rsplit("/", 1)[-1]
+    download(url, packed, Checksum("md5", archive.md5))
+    extracted = Path(extract_archive(packed, scratch / "extracted", remove_finished=True))
+    content = extracted / archive.folder if archive.folder else extracted
+    if not content.is_dir():
+        raise ConfigError(f"{url} holds no {archive.folder}/ folder; the published archive changed")
+    return content
+
+
+def _export_digits(scratch: Path) -> Path:
+    """scikit-learn's 1,797 digits as 8×8 grey PNGs in train/ and val/ class folders."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from joulebench.data import stratified_split
+
+    digits = load_digits()
+    grey = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # the 0–16 ink levels as 0–255
+    root = scratch / "digits"
+    for split, indices in zip(("train", "val"), stratified_split(digits.target, DIGITS_SPLIT_SEED)):
+        for index in indices:
+            folder = root / split / str(digits.target[index])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grey[index]).save(folder / f"{index:04d}.png")
+    return root
