@@ -38,8 +38,7 @@ COPY . .
 # /mlflow/tmp: `mlflow run` mounts a host sqlite store at /mlflow/tmp/mlruns, and SQLite writes
 # its journal beside it, so the directory must belong to the user.
 RUN pip install --no-cache-dir --no-deps --editable . \
-    && existing_user="$(getent passwd "${APP_UID}" | cut -d: -f1)" \
-    && if [ -n "${existing_user}" ]; then userdel --remove "${existing_user}"; fi \
+    && if getent passwd "${APP_UID}" > /dev/null; then userdel --remove "$(id --name --user "${APP_UID}")"; fi \
     && useradd --create-home --no-log-init --uid "${APP_UID}" --user-group joulebench \
     && install --directory --owner=joulebench --group=joulebench /app/data /mlflow/tmp
 

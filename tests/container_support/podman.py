@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class Podman:
         with log_path.open("wb") as log:
             service = subprocess.Popen(
                 ["podman", "system", "service", "--time=0", f"unix://{socket_path}"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + 30
         while not socket_path.exists():
@@ -93,11 +94,18 @@ class Podman:
 
 
 def stop(process: subprocess.Popen[bytes], grace_seconds: float = 20) -> None:
-    """Stop one process we started, by its PID: SIGTERM, then SIGKILL after a grace period."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Stop a process we started with ``start_new_session=True``, and its children.
+
+    Its process group id is its PID, so the group is addressed by that PID alone: SIGTERM,
+    then SIGKILL after a grace period.
+    """
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the whole group has already exited
+        process.wait()
+        return
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
