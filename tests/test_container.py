@@ -90,8 +90,10 @@ def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
         (context / decoy).write_text("must not reach the image\n")
     tag = yaml.safe_load((context / "MLproject").read_text())["docker_env"]["image"]
     # docker format: the OCI format drops the Dockerfile's SHELL (and with it pipefail).
-    podman.run("build", "--format", "docker", "--build-arg", f"BASE_IMAGE={ensure_base_image(podman)}",
-               "--tag", tag, str(context), timeout=1800)
+    # Host network: pip reaches PyPI without the bridge plugin (and iptables) podman would need.
+    podman.run("build", "--format", "docker", "--network", "host",
+               "--build-arg", f"BASE_IMAGE={ensure_base_image(podman)}", "--tag", tag, str(context),
+               timeout=1800)
     # Earlier builds of the tag are left untagged; each holds a layer of the project's code.
     podman.run("image", "prune", "--force")
     return tag

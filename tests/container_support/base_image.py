@@ -85,7 +85,7 @@ def _build(podman: Podman, scratch: Path, tag: str, pins: tuple[str, str]) -> No
         _check(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."])
         podman.run("import", str(tarball), debian_tag)
     with _phase("podman build (venv + torch)"):
-        podman.run("build", "--file", str(CONTAINERFILE), "--tag", tag,
+        podman.run("build", "--network", "none", "--file", str(CONTAINERFILE), "--tag", tag,
                    "--build-arg", f"DEBIAN_IMAGE={debian_tag}",
                    "--build-arg", f"TORCH_PIN={pins[0]}", "--build-arg", f"TORCHVISION_PIN={pins[1]}",
                    str(context), timeout=1800)
