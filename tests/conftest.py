@@ -1,6 +1,7 @@
 """Shared fixtures: every test that touches MLflow gets its own sqlite store in a temp dir."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,20 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its tables made once: creating them costs seconds per test."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A fresh working directory whose default store is ./mlflow.db (the CLI's default)."""
+def workdir(tmp_path, monkeypatch, empty_store):
+    """A fresh working directory whose default store ./mlflow.db (the CLI's default) is empty."""
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path

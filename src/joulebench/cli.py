@@ -156,6 +156,54 @@ def meters(device: str) -> None:
         click.echo(f"{name:<12} {'yes' if available else 'no ':<4} {detail}")
 
 
+EXIT_RUNS_FAILED = 1  # the sweep went through, but some combinations failed (named on stdout)
+
+
+@cli.command()
+@click.option("--models", required=True, metavar="LIST|all",
+              help="Comma-separated models, or all (the paper's nine).")
+@click.option("--methods", default="all", show_default=True, metavar="LIST|all",
+              help="Comma-separated methods, or all (`joulebench methods` lists them).")
+@click.option("--repeats", default="1", show_default=True,
+              help="Runs of each model × method; repeat r trains with seed --seed + r.")
+@click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="Method parameter, for that method only (repeatable), e.g. prune.amount=0.7.")
+@training_options
+@click.option("--gpus", default=None, metavar="LIST",
+              help="GPU indices, e.g. 0,1: one run per GPU at a time, each pinned with CUDA_VISIBLE_DEVICES.")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "kubernetes"]),
+              help="local child processes, or MLflow Projects' Kubernetes backend.")
+@click.option("--backend-config", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Kubernetes backend config (JSON) beside its MLproject: see deploy/kubernetes/.")
+@click.option("--force", is_flag=True, help="Rerun combinations that already FINISHED.")
+@click.option("--quiet", is_flag=True, help="No progress bars (one line per finished combination).")
+def sweep(quiet: bool, **options: Any) -> None:
+    """Run every model × method × repeat as its own MLflow run under one parent; resumable."""
+    from joulebench.sweep import run_sweep
+
+    summary = run_sweep(progress=not quiet, **options)
+    click.echo("\n".join(summary.lines()))
+    if summary.failed:
+        sys.exit(EXIT_RUNS_FAILED)
+
+
+@cli.command()
+@click.option("--experiment", default="joulebench", show_default=True, help="MLflow experiment to read.")
+@click.option("--parent", default=None, metavar="RUN_ID", help="Only this sweep's combinations (its parent run id).")
+@click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for summary.csv, summary.md, the PNG plots and report.html.")
+@click.option("--target-fraction", default="0.99", show_default=True,
+              help="Energy-to-accuracy target as a fraction of the same model's baseline accuracy.")
+def report(experiment: str, parent: str | None, out: Path, target_fraction: str) -> None:
+    """Side-by-side table of finished runs: mean ± 95 % CI, ratios to baseline, plots."""
+    from joulebench.report import run_report
+
+    result = run_report(experiment, parent, out, target_fraction)
+    click.echo(f"report    {result.run_count} runs in {len(result.groups)} group(s) (dataset · device · settings)")
+    click.echo(f"files     {', '.join(str(path) for path in result.files)}")
+    click.echo(f"run id    {result.report_run_id} (the same files, under report/)")
+
+
 @cli.group()
 def fetch() -> None:
     """Download datasets and pretrained weights, checksum-verified (DVC's fetch stages run this)."""

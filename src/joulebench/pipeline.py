@@ -19,7 +19,8 @@ from joulebench.config import RunConfig
 from joulebench.data import load_dataset
 from joulebench.models import build_model, default_weights_path
 from joulebench.tracking import Recorder, config_params, environment_tags, recorded_run, ui_command
-from joulebench.train import EpochResult, RunResult, run
+from joulebench.capacity import capacity_curve, largest_safe_bits, plot_capacity
+from joulebench.train import EpochResult, RunResult, accuracy_evaluator, fine_tune, run
 
 
 @dataclass
@@ -111,10 +112,56 @@ def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMon
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     recorder.set_tags(energy_tags(result, monitor))
-    recorder.log_params({f"compress.{k}": v for k, v in result.report.facts.items() if _scalar(v)})
+    facts = result.report.facts
+    recorder.log_params({f"compress.{k}": v for k, v in facts.items() if isinstance(v, (str, bool))})
+    recorder.log_metrics({f"compress.{k}": float(v) for k, v in facts.items() if _number(v)})
     recorder.log_json("compression_report.json", result.report.to_dict())
     recorder.log_table("epochs.csv", [{"epoch": e.epoch, **e.metrics()} for e in result.epochs])
 
 
-def _scalar(value: object) -> bool:
-    return isinstance(value, (int, float, str, bool))
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class CapacitySummary:
+    """What ``capacity`` prints: the curve, the capacity, and where the run is."""
+
+    run_id: str
+    curve: list[tuple[int, float]]
+    capacity_bits: int
+    freed_mb: float
+    ui: str
+
+
+def capacity_and_record(
+    config: RunConfig, bits_values: list[int], fill: str, tolerance: float, progress: bool
+) -> CapacitySummary:
+    """Fine-tune ``config.epochs`` epochs, then overwrite 0…23 low-order bits and evaluate each."""
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.seed)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, data.num_classes, config.weights)
+    params = config_params(config, weights_source(config)) | {
+        "capacity.bits_values": ",".join(map(str, bits_values)),
+        "capacity.fill": fill,
+        "capacity.tolerance": tolerance,
+    }
+    tags = environment_tags(data.version) | {"model": config.model, "method": "stego"}
+    with recorded_run(config, tags, params, command="capacity") as recorder:
+        model = fine_tune(config, data, model, progress)
+        curve = capacity_curve(model, accuracy_evaluator(config, data), bits_values, fill, config.seed)
+        safe = largest_safe_bits(curve, tolerance)
+        float_weights = sum(p.numel() for p in model.parameters() if p.dtype == torch.float32)
+        freed_mb = safe * float_weights / 8 / 1e6
+        for bits, accuracy in curve:
+            recorder.log_epoch(bits, {"capacity_accuracy": accuracy})
+        recorder.log_metrics({
+            "capacity_bits": safe, "accuracy_bits0": dict(curve)[0], "freed_capacity_mb": freed_mb,
+        })
+        recorder.log_table("capacity.csv", [{"bits": b, "accuracy": a} for b, a in curve])
+        with TemporaryDirectory(prefix="joulebench-") as scratch:
+            title = f"{config.model} on {config.dataset}: accuracy vs bits overwritten ({fill})"
+            recorder.log_files([plot_capacity(curve, Path(scratch) / "capacity.png", title, tolerance)])
+    return CapacitySummary(
+        recorder.run_id, curve, safe, freed_mb, ui_command(recorder.run_id, recorder.experiment_id)
+    )

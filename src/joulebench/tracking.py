@@ -22,8 +22,9 @@ from typing import Any
 import mlflow
 import torch
 import torchvision
-from mlflow.entities import RunStatus
+from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from joulebench.config import RunConfig
 from joulebench.errors import ConfigError
@@ -163,10 +164,17 @@ class Recorder:
 
 
 @contextmanager
-def recorded_run(config: RunConfig, tags: dict[str, str], params: dict[str, Any]) -> Iterator[Recorder]:
-    """One MLflow run: FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on an error."""
+def recorded_run(
+    config: RunConfig, tags: dict[str, str], params: dict[str, Any], command: str = "train"
+) -> Iterator[Recorder]:
+    """One MLflow run: FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on an error.
+
+    Only ``train`` runs carry ``config_hash``: a sweep that finds it may skip the combination.
+    """
     experiment_id = use_store(config.experiment)
-    tags = tags | {"config_hash": config.config_hash(), "repeat": str(config.repeat)}
+    tags = tags | {"joulebench.command": command, "repeat": str(config.repeat)}
+    if command == "train":
+        tags["config_hash"] = config.config_hash()
     run = mlflow.start_run(
         run_name=config.run_name, tags=tags, log_system_metrics=True,
         experiment_id=experiment_id, parent_run_id=config.parent_run_id,
@@ -195,3 +203,223 @@ def ui_command(run_id: str, experiment_id: str) -> str:
         f"mlflow ui --backend-store-uri {uri}  # then open "
         f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
     )
+
+
+# --------------------------------------------------------------------------- sweeps and reports
+# ``joulebench sweep`` nests one ``train`` run per combination under a parent run tagged
+# ``run_kind=sweep``; ``joulebench report`` reads the finished ones back and logs its files on a
+# run tagged ``run_kind=report``. Neither kind carries ``config_hash``: they hold no measurement.
+
+RUN_KIND_TAG = "run_kind"
+SWEEP_HASH_TAG = "sweep_hash"
+GRID_ARTIFACT = "sweep/grid.json"
+
+
+def _client() -> MlflowClient:
+    return MlflowClient(tracking_uri())
+
+
+def _all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> Iterator[Any]:
+    """Every matching run, oldest first, across result pages."""
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string, order_by=["attributes.start_time ASC"], page_token=token
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+@dataclass
+class SweepRun:
+    """The parent run of a sweep; ``resumed`` when an earlier start of the same grid made it."""
+
+    run_id: str
+    experiment_id: str
+    resumed: bool
+
+
+def open_sweep_run(
+    experiment: str, sweep_hash: str, grid: list[dict[str, Any]], *, force: bool,
+    params: dict[str, Any], tags: dict[str, str],
+) -> SweepRun:
+    """Reopen the latest parent run of the same grid (unless ``force``), or start a new one."""
+    experiment_id = use_store(experiment)
+    client = _client()
+    previous = [] if force else client.search_runs(
+        [experiment_id], f"tags.{RUN_KIND_TAG} = 'sweep' and tags.{SWEEP_HASH_TAG} = '{sweep_hash}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if previous:
+        run_id = previous[0].info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    else:
+        run = client.create_run(
+            experiment_id, run_name=f"sweep-{sweep_hash[:8]}",
+            tags={RUN_KIND_TAG: "sweep", SWEEP_HASH_TAG: sweep_hash},
+        )
+        run_id = run.info.run_id
+        client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+        client.log_dict(run_id, grid, GRID_ARTIFACT)
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    return SweepRun(run_id, experiment_id, resumed=bool(previous))
+
+
+def finished_config_hashes(experiment_id: str) -> set[str]:
+    """The config hashes that have a FINISHED run in the experiment (a sweep skips those)."""
+    runs = _all_runs(_client(), experiment_id, "attributes.status = 'FINISHED'")
+    return {run.data.tags["config_hash"] for run in runs if "config_hash" in run.data.tags}
+
+
+def child_epochs_done(parent_run_id: str, config_hash: str) -> int | None:
+    """Epochs a sweep's running child has logged so far; None before its run exists."""
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    running = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.config_hash = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
+        "and attributes.status = 'RUNNING'",
+        max_results=1,
+    )
+    if not running:
+        return None
+    return len(client.get_metric_history(running[0].info.run_id, "val_accuracy"))
+
+
+def end_sweep_run(run_id: str, status: str, log_dir: Path) -> None:
+    """Log the children's output under ``logs/`` and close the parent run with ``status``."""
+    client = _client()
+    if any(log_dir.iterdir()):
+        client.log_artifacts(run_id, str(log_dir), "logs")
+    client.set_terminated(run_id, status)
+
+
+def adopt_child(run_id: str, parent_run_id: str) -> None:
+    """Nest a run MLflow Projects created (it cannot be given a parent) under the sweep."""
+    _client().set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent_run_id)
+
+
+def check_cluster_reachable_store() -> None:
+    """Pods log to the store themselves: it must be a server, not a file on this machine."""
+    if os.environ.get("KUBE_MLFLOW_TRACKING_URI") or tracking_uri().startswith(("http://", "https://")):
+        return
+    raise ConfigError(
+        f"pods cannot reach the MLflow store {tracking_uri()}; set MLFLOW_TRACKING_URI (or "
+        "KUBE_MLFLOW_TRACKING_URI) to an http(s):// tracking server the cluster can reach"
+    )
+
+
+@dataclass
+class KubernetesProjectRun:
+    """An MLflow Project run submitted to Kubernetes: its run id, state, and a way to stop it."""
+
+    submitted: Any  # mlflow.projects.kubernetes.KubernetesSubmittedRun
+
+    @property
+    def run_id(self) -> str:
+        return self.submitted.run_id
+
+    def state(self) -> str:
+        status = self.submitted.get_status()
+        return status if isinstance(status, str) else RunStatus.to_string(status)
+
+    def cancel(self) -> None:
+        self.submitted.cancel()
+
+
+def submit_kubernetes_run(
+    project_dir: Path, entry_point: str, parameters: dict[str, str], backend_config: dict[str, Any],
+    experiment_id: str, run_name: str,
+) -> KubernetesProjectRun:
+    """Build and push the project's image, create the Job, return without waiting."""
+    import mlflow.projects
+
+    try:
+        submitted = mlflow.projects.run(
+            str(project_dir), entry_point=entry_point, parameters=parameters, experiment_id=experiment_id,
+            backend="kubernetes", backend_config=backend_config, synchronous=False, build_image=True,
+            run_name=run_name,
+        )
+    except ImportError as error:
+        raise ConfigError(
+            f"the kubernetes backend needs the {error.name} package; pip install 'kubernetes<36' docker"
+        ) from None
+    return KubernetesProjectRun(submitted)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished measured run as the report reads it: plain values, no MLflow objects."""
+
+    run_id: str
+    run_name: str
+    start_time: int
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.tags.get(MLFLOW_PARENT_RUN_ID)
+
+
+def _experiment_id(client: MlflowClient, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments(max_results=50))
+        raise ConfigError(
+            f"no experiment {experiment!r} in the MLflow store {tracking_uri()}; accepted: "
+            f"{', '.join(names) or 'none yet (run joulebench sweep first)'}; pass --experiment NAME"
+        )
+    return found.experiment_id
+
+
+def finished_measured_runs(experiment: str) -> list[RunRecord]:
+    """Every FINISHED run of the experiment that carries a ``config_hash`` (a measurement)."""
+    client = _client()
+    runs = _all_runs(client, _experiment_id(client, experiment), "attributes.status = 'FINISHED'")
+    return [
+        RunRecord(run.info.run_id, run.info.run_name, run.info.start_time, dict(run.data.params),
+                  dict(run.data.tags), dict(run.data.metrics))
+        for run in runs if "config_hash" in run.data.tags
+    ]
+
+
+def sweep_grid_hashes(experiment: str, parent_run_id: str) -> set[str]:
+    """The config hashes of a sweep's grid (its parent run's ``sweep/grid.json``), or none."""
+    client = _client()
+    experiment_id = _experiment_id(client, experiment)
+    try:
+        parent = client.get_run(parent_run_id)
+    except mlflow.exceptions.MlflowException:
+        parent = None
+    if parent is None or parent.info.experiment_id != experiment_id:
+        raise ConfigError(
+            f"--parent {parent_run_id} is not a run of experiment {experiment!r}; the sweep's last "
+            "lines name its parent run (or pass the experiment that holds it with --experiment)"
+        )
+    if GRID_ARTIFACT not in {a.path for a in client.list_artifacts(parent_run_id, "sweep")}:
+        return set()
+    grid = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/{GRID_ARTIFACT}")
+    return {row["config_hash"] for row in grid}
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """A metric's (step, value) pairs, in step order."""
+    return sorted((m.step, m.value) for m in _client().get_metric_history(run_id, key))
+
+
+def log_report_run(experiment: str, files: list[Path], params: dict[str, Any]) -> str:
+    """A FINISHED run holding the report's files under ``report/``, browsable in the UI."""
+    client = _client()
+    run = client.create_run(
+        _experiment_id(client, experiment), run_name="report", tags={RUN_KIND_TAG: "report"}
+    )
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+    for path in files:
+        client.log_artifact(run_id, str(path), "report")
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return run_id

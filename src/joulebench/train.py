@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from joulebench.compress import CompressionReport, Method, compress
+from joulebench.compress import Baseline, CompressionReport, Method, compress
 from joulebench.config import RunConfig
 from joulebench.data import DataSplits, make_loader
 from joulebench.energy import EnergyMonitor, Measurement
@@ -305,3 +305,26 @@ def benchmark_inference(
             model(images.to(device, non_blocking=True))
         images_seen += len(images)
     return images_seen
+
+
+def fine_tune(config: RunConfig, data: DataSplits, model: nn.Module, progress: bool) -> nn.Module:
+    """Plain float32 fine-tuning, no windows: trains the model a capacity curve is taken on."""
+    seed_everything(config.seed)
+    device = torch.device(config.device)
+    model = model.to(device)
+    loader = make_loader(data.train, config.batch_size, True, config.seed, device)
+    optimizer = make_optimizer(config, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    for epoch in range(1, config.epochs + 1):
+        train_epoch(
+            model, loader, optimizer, scaler, Baseline(), nullcontext, device,
+            config.limit_train_batches, f"fine-tune {epoch}/{config.epochs}", progress,
+        )
+    return model
+
+
+def accuracy_evaluator(config: RunConfig, data: DataSplits) -> Callable[[nn.Module], float]:
+    """A function giving a model's float32 top-1 validation accuracy."""
+    device = torch.device(config.device)
+    loader = make_loader(data.val, config.batch_size, False, config.seed, device)
+    return lambda model: evaluate(model.to(device), loader, nullcontext, device, data.num_classes)[0]
