@@ -13,6 +13,7 @@ the ``.partial-`` leftovers a killed process may leave are ignored by DVC (``.dv
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -42,7 +43,7 @@ from joulebench.models import (
 MIRROR_ENV = "JOULEBENCH_MIRROR"
 PARTIAL = ".partial-"  # marks temp files and folders; .dvcignore hides them from DVC
 CHUNK_BYTES = 1 << 20
-TIMEOUT_S = 60.0
+TIMEOUT_S = 60.0  # seconds without a byte before a download counts as stalled
 DIGITS_SPLIT_SEED = 0  # the exported digits' train/val split (the same as --seed 0 on `digits`)
 
 
@@ -91,7 +92,7 @@ def source_url(url: str, mirror: str | None) -> str:
     return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
 
 
-def download(url: str, destination: Path, checksum: Checksum) -> int:
+def download(url: str, destination: Path, checksum: Checksum, timeout_s: float = TIMEOUT_S) -> int:
     """Stream ``url`` to ``destination`` if it hashes to ``checksum``; returns the byte count.
 
     The bytes go to a temp file beside ``destination`` that is renamed only once the length
@@ -104,7 +105,7 @@ def download(url: str, destination: Path, checksum: Checksum) -> int:
     temp = Path(handle.name)
     try:
         with handle:
-            received, digest = _stream(url, handle, hashlib.new(checksum.algorithm))
+            received, digest = _stream(_open(url, timeout_s), url, handle, hashlib.new(checksum.algorithm))
         if not checksum.matches(digest):
             raise ConfigError(
                 f"{url} has {checksum.algorithm} {digest[:12]}…, the published one is "
@@ -117,16 +118,10 @@ def download(url: str, destination: Path, checksum: Checksum) -> int:
         temp.unlink(missing_ok=True)
 
 
-def _stream(url: str, sink: IO[bytes], digest: Any) -> tuple[int, str]:
-    """Copy ``url``'s body into ``sink``, hashing it; ConfigError when it cannot be had whole."""
-    received = 0
+def _open(url: str, timeout_s: float) -> http.client.HTTPResponse:
+    """The response to GET ``url``; ConfigError when the host cannot be reached or refuses."""
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            announced = response.headers.get("Content-Length")
-            while block := response.read(CHUNK_BYTES):
-                sink.write(block)
-                digest.update(block)
-                received += len(block)
+        return urllib.request.urlopen(url, timeout=timeout_s)
     except urllib.error.HTTPError as error:
         raise ConfigError(
             f"{urlsplit(url).netloc} answered HTTP {error.code} for {url}; check the mirror "
@@ -134,13 +129,32 @@ def _stream(url: str, sink: IO[bytes], digest: Any) -> tuple[int, str]:
         ) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         raise _offline(url, getattr(error, "reason", error)) from None
+
+
+def _stream(response: http.client.HTTPResponse, url: str, sink: IO[bytes], digest: Any) -> tuple[int, str]:
+    """Copy the response body into ``sink``, hashing it; ConfigError unless it arrived whole."""
+    announced = response.headers.get("Content-Length")
+    received = 0
+    try:
+        with response:
+            while block := response.read1(CHUNK_BYTES):  # what has arrived, so a stall counts it
+                sink.write(block)
+                digest.update(block)
+                received += len(block)
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
+        raise _stopped(url, received, announced, error) from None
     # http.client ends the body quietly when the connection drops early: count the bytes.
     if announced is not None and received != int(announced):
-        raise ConfigError(
-            f"the download of {url} stopped after {received} of {announced} bytes; nothing "
-            "was kept, run the same command again"
-        )
+        raise _stopped(url, received, announced, "connection closed early")
     return received, digest.hexdigest()
+
+
+def _stopped(url: str, received: int, announced: str | None, reason: object) -> ConfigError:
+    of_total = f" of {announced}" if announced else ""
+    return ConfigError(
+        f"the download of {url} stopped after {received}{of_total} bytes ({reason}); nothing "
+        "was kept, run the same command again"
+    )
 
 
 def _offline(url: str, reason: object) -> ConfigError:
@@ -165,31 +179,37 @@ def fetch_weights(model: str, to: Path, mirror: str | None = None) -> Fetched:
 
 
 def fetch_dataset(name: str, to: Path, mirror: str | None = None) -> Fetched:
-    """``<to>/<name>/``, installed whole by one rename (a present folder is complete)."""
-    if name not in DATASET_NAMES:
+    """``<to>/<name>/`` for one of :data:`DATASET_NAMES`."""
+    if name in ARCHIVES:
+        return fetch_archive(name, ARCHIVES[name], to, mirror)
+    if name not in EMBEDDED:
         raise ConfigError(
             f"unknown dataset {name!r} to fetch; accepted: {', '.join(DATASET_NAMES)}; "
             "for other image folders copy them under data/datasets/ and `dvc add` them"
         )
-    destination = to / name
+    return _install_once(to / name, _export_digits, "exported from scikit-learn's copy (no network)")
+
+
+def fetch_archive(name: str, archive: Archive, to: Path, mirror: str | None = None) -> Fetched:
+    """``<to>/<name>/`` from ``archive``: downloaded, md5-checked, extracted, renamed into place."""
+    outcome = f"downloaded, md5 {archive.md5[:12]}… verified, extracted"
+    return _install_once(to / name, partial(_unpack, archive, mirror), outcome)
+
+
+def _install_once(destination: Path, build: Callable[[Path], Path], outcome: str) -> Fetched:
+    """Let ``build`` fill a scratch folder beside ``destination``, then rename its result there.
+
+    The rename is the only way the folder appears, so a present folder is a complete one.
+    """
     if destination.is_dir():
         return Fetched(destination, "already present")
-    if name in EMBEDDED:
-        _install_folder(destination, _export_digits)
-        return Fetched(destination, "exported from scikit-learn's copy (no network)")
-    archive = ARCHIVES[name]
-    _install_folder(destination, partial(_unpack, archive, mirror))
-    return Fetched(destination, f"downloaded, md5 {archive.md5[:12]}… verified, extracted")
-
-
-def _install_folder(destination: Path, build: Callable[[Path], Path]) -> None:
-    """Let ``build`` fill a scratch folder beside ``destination``, then rename its result there."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{destination.name}{PARTIAL}", dir=destination.parent))
     try:
         os.rename(build(scratch), destination)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return Fetched(destination, outcome)
 
 
 def _unpack(archive: Archive, mirror: str | None, scratch: Path) -> Path:
