@@ -1,0 +1,557 @@
+"""``joulebench report``: finished runs → side-by-side table, significance vs baseline, plots.
+
+Runs are grouped by dataset, device and training settings and never averaged across groups.
+Within a group there is one row per model × method: each metric as mean ± 95 % CI over
+repeats (t distribution), and its ratio to the same model's baseline, marked by a Welch t-test.
+Energy-to-accuracy is read from each run's per-epoch history: the cumulative training energy
+at the first epoch whose validation accuracy reaches the target (by default 99 % of the
+baseline's final accuracy).
+
+Outputs: ``summary.csv`` (raw units), ``summary.md``, PNG plots and a self-contained
+``report.html``; all are also logged on a ``report`` run so they can be browsed in the UI.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from joulebench import tracking
+from joulebench.compress import METHODS
+from joulebench.errors import ConfigError
+from joulebench.tracking import RunRecord
+
+BASELINE = "baseline"
+CONFIDENCE = 0.95
+# Params that make runs incomparable (they split groups); model, image size and method split rows.
+GROUP_PARAMS = ("dataset", "weights", "epochs", "batch_size", "lr", "optimizer", "limit_train_batches")
+SIGNIFICANCE_MARKS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A column: the MLflow metric, its label and display scale, whether it gets a ratio."""
+
+    key: str
+    label: str
+    scale: float = 1.0
+    ratio: bool = False
+
+
+METRICS = (
+    Metric("accuracy", "accuracy", ratio=True),
+    Metric("energy_train_j", "train kJ", 1e-3, ratio=True),
+    Metric("energy_train_net_j", "train kJ (net)", 1e-3, ratio=True),
+    Metric("energy_total_j", "total kJ", 1e-3, ratio=True),
+    Metric("train_seconds", "train s", ratio=True),
+    Metric("duration_s", "total s"),
+    Metric("j_per_train_sample", "J/sample"),
+    Metric("inference_j_per_image", "inference J/image"),
+    Metric("flops_per_sample", "GFLOP/sample", 1e-9, ratio=True),
+    Metric("parameters", "parameters (M)", 1e-6),
+    Metric("weight_bytes", "weights (MB)", 1e-6),
+    Metric("flop_per_j", "GFLOP/J", 1e-9),
+    Metric("energy_to_accuracy_j", "kJ to target accuracy", 1e-3),
+)
+ENERGY_TO_ACCURACY = "energy_to_accuracy_j"
+# The ratios summary.md shows beside the values (summary.csv has every ratio).
+TABLE_RATIOS = ("energy_train_j", "train_seconds", "accuracy", "flops_per_sample")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean ± half-width of the 95 % confidence interval (t distribution) over repeats."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def ci95(self) -> float | None:
+        if self.n < 2:
+            return None
+        sem = float(np.std(self.values, ddof=1)) / math.sqrt(self.n)
+        return float(stats.t.ppf((1 + CONFIDENCE) / 2, self.n - 1)) * sem
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A method's mean over its baseline's mean, and Welch's t-test between their repeats."""
+
+    value: float | None
+    p_value: float | None
+    note: str  # the significance mark, or why there is no ratio or no test
+
+    @classmethod
+    def against(cls, method: Estimate | None, baseline: Estimate | None) -> Ratio:
+        if baseline is None:
+            return cls(None, None, "no baseline")
+        if method is None:
+            return cls(None, None, "not measured")
+        value = method.mean / baseline.mean if baseline.mean else None
+        if method.n < 2 or baseline.n < 2:
+            return cls(value, None, "n/a (1 repeat)")
+        p_value = float(stats.ttest_ind(method.values, baseline.values, equal_var=False).pvalue)
+        if math.isnan(p_value):
+            return cls(value, None, "n/a (no variance)")
+        return cls(value, p_value, significance_mark(p_value))
+
+
+def significance_mark(p_value: float) -> str:
+    return next((mark for limit, mark in SIGNIFICANCE_MARKS if p_value < limit), "ns")
+
+
+def energy_to_accuracy(val_accuracy: list[tuple[int, float]], epoch_joules: list[tuple[int, float]],
+                       target: float) -> float | None:
+    """Cumulative training joules at the first epoch whose validation accuracy reaches ``target``."""
+    joules_by_epoch = dict(epoch_joules)
+    spent = 0.0
+    for epoch, accuracy in val_accuracy:
+        spent += joules_by_epoch[epoch]
+        if accuracy >= target:
+            return spent
+    return None
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """Runs that may be compared: same dataset, device and training settings."""
+
+    dataset: str
+    device: str
+    settings: tuple[tuple[str, str], ...]
+
+    @property
+    def title(self) -> str:
+        settings = ", ".join(f"{key}={value}" for key, value in self.settings if key != "dataset")
+        return f"{self.dataset} · {self.device} · {settings}"
+
+
+@dataclass(frozen=True)
+class RowKey:
+    model: str
+    image_size: str
+    method: str  # with non-default parameters: "prune (amount=0.7)"
+
+
+@dataclass
+class Row:
+    """One model × method of a group: its runs and what the report says about them."""
+
+    key: RowKey
+    runs: list[RunRecord]
+    estimates: dict[str, Estimate | None] = field(default_factory=dict)
+    ratios: dict[str, Ratio] = field(default_factory=dict)
+    energy_source: str = ""
+    target_accuracy: float | None = None
+    energy_to_accuracy_note: str = ""  # why there is no value, or how many repeats reached it
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.key.method == BASELINE
+
+
+def device_label(run: RunRecord) -> str:
+    """A GPU by its name (same model, same device); a CPU by its host."""
+    if run.params.get("device", "cpu").startswith("cuda"):
+        return run.tags.get("gpu_name", run.params["device"])
+    return f"cpu@{run.tags.get('host', 'unknown host')}"
+
+
+def method_label(run: RunRecord) -> str:
+    """The method, with the parameters that differ from its defaults."""
+    method = run.params["method"]
+    specs = METHODS[method].params if method in METHODS else {}
+    changed = [
+        f"{key}={run.params[f'method.{key}']}" for key, spec in specs.items()
+        if f"method.{key}" in run.params and run.params[f"method.{key}"] != str(spec.default)
+    ]
+    return f"{method} ({', '.join(changed)})" if changed else method
+
+
+def group_runs(runs: list[RunRecord]) -> dict[GroupKey, dict[RowKey, list[RunRecord]]]:
+    groups: dict[GroupKey, dict[RowKey, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        group = GroupKey(run.params.get("dataset", "?"), device_label(run),
+                         tuple((key, run.params.get(key, "None")) for key in GROUP_PARAMS))
+        row = RowKey(run.params["model"], run.params.get("image_size", "?"), method_label(run))
+        groups[group][row].append(run)
+    return groups
+
+
+def latest_per_config(runs: list[RunRecord]) -> list[RunRecord]:
+    """One run per config hash: a forced rerun replaces, never doubles, a repeat."""
+    latest: dict[str, RunRecord] = {}
+    for run in sorted(runs, key=lambda r: r.start_time):
+        latest[run.tags["config_hash"]] = run
+    return list(latest.values())
+
+
+# --------------------------------------------------------------------------- the rows
+
+
+History = Callable[[str, str], list[tuple[int, float]]]  # (run id, metric) → [(step, value)]
+
+
+def summarise_group(rows: dict[RowKey, list[RunRecord]], target_fraction: float, history: History) -> list[Row]:
+    """Estimates, energy-to-accuracy and ratios for every row of one group, baselines first."""
+    summarised = [Row(key, runs) for key, runs in sorted(rows.items(), key=_row_order)]
+    baselines = {(row.key.model, row.key.image_size): row for row in summarised if row.is_baseline}
+    for row in summarised:
+        row.estimates = {m.key: _estimate(row.runs, m.key) for m in METRICS if m.key != ENERGY_TO_ACCURACY}
+        sources = sorted({run.tags.get("energy_source", "none") for run in row.runs})
+        row.energy_source = sources[0] if len(sources) == 1 else "mixed: " + " | ".join(sources)
+    for row in summarised:
+        baseline = baselines.get((row.key.model, row.key.image_size))
+        _energy_to_accuracy(row, baseline, target_fraction, history)
+    for row in summarised:
+        baseline = baselines.get((row.key.model, row.key.image_size))
+        row.ratios = {
+            m.key: Ratio.against(row.estimates[m.key], baseline.estimates[m.key] if baseline else None)
+            for m in METRICS if m.ratio
+        }
+    return summarised
+
+
+def _row_order(item: tuple[RowKey, list[RunRecord]]) -> tuple:
+    key, _ = item
+    return (key.model, key.image_size, key.method != BASELINE, key.method)
+
+
+def _estimate(runs: list[RunRecord], key: str) -> Estimate | None:
+    values = tuple(run.metrics[key] for run in runs if key in run.metrics)
+    return Estimate(values) if values else None
+
+
+def _energy_to_accuracy(row: Row, baseline: Row | None, target_fraction: float, history: History) -> None:
+    if baseline is None or baseline.estimates["accuracy"] is None:
+        row.estimates[ENERGY_TO_ACCURACY], row.energy_to_accuracy_note = None, "no baseline"
+        return
+    row.target_accuracy = target_fraction * baseline.estimates["accuracy"].mean
+    joules = [history(run.run_id, "epoch_joules") for run in row.runs]
+    if not all(joules):  # epoch energy is absent where nothing could measure it
+        row.estimates[ENERGY_TO_ACCURACY], row.energy_to_accuracy_note = None, "not measured"
+        return
+    reached = [
+        energy_to_accuracy(history(run.run_id, "val_accuracy"), epoch_joules, row.target_accuracy)
+        for run, epoch_joules in zip(row.runs, joules)
+    ]
+    values = tuple(value for value in reached if value is not None)
+    row.estimates[ENERGY_TO_ACCURACY] = Estimate(values) if len(values) == len(reached) else None
+    if not values:
+        row.energy_to_accuracy_note = "not reached"
+    elif len(values) < len(reached):
+        row.energy_to_accuracy_note = f"not reached in {len(reached) - len(values)} of {len(reached)} repeats"
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_number(value: float) -> str:
+    """Three significant digits, no exponent for the magnitudes a report shows."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:,.{digits}f}"
+
+
+def format_estimate(estimate: Estimate | None, scale: float, missing: str = "not measured") -> str:
+    if estimate is None:
+        return missing
+    mean = format_number(estimate.mean * scale)
+    return mean if estimate.ci95 is None else f"{mean} ± {format_number(estimate.ci95 * scale)}"
+
+
+def format_ratio(ratio: Ratio) -> str:
+    if ratio.value is None:
+        return ratio.note
+    text = f"{ratio.value:.3f}×"
+    if ratio.p_value is None:
+        return f"{text} {ratio.note}"
+    return f"{text} {ratio.note} (p={ratio.p_value:.2g})"
+
+
+def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """The human table (summary.md and report.html): header and cells."""
+    header = ["model", "px", "method", "n"] + [m.label for m in METRICS] + ["energy source"]
+    header += [f"{_metric(key).label} vs baseline" for key in TABLE_RATIOS]
+    cells = []
+    for row in rows:
+        line = [row.key.model, row.key.image_size, row.key.method, str(len(row.runs))]
+        for metric in METRICS:
+            missing = row.energy_to_accuracy_note if metric.key == ENERGY_TO_ACCURACY else "not measured"
+            line.append(format_estimate(row.estimates.get(metric.key), metric.scale, missing or "not measured"))
+        line.append(row.energy_source)
+        line += [format_ratio(row.ratios[key]) for key in TABLE_RATIOS]
+        cells.append(line)
+    return header, cells
+
+
+def _metric(key: str) -> Metric:
+    return next(metric for metric in METRICS if metric.key == key)
+
+
+def csv_rows(group: GroupKey, rows: list[Row]) -> list[dict[str, Any]]:
+    """summary.csv: raw units (J, s, FLOP, bytes), one column per number."""
+    out = []
+    for row in rows:
+        record: dict[str, Any] = {
+            "dataset": group.dataset, "device": group.device,
+            "settings": "; ".join(f"{k}={v}" for k, v in group.settings if k != "dataset"),
+            "model": row.key.model, "image_size": row.key.image_size, "method": row.key.method,
+            "n": len(row.runs), "energy_source": row.energy_source,
+            "target_accuracy": "" if row.target_accuracy is None else row.target_accuracy,
+            "energy_to_accuracy_note": row.energy_to_accuracy_note,
+        }
+        for metric in METRICS:
+            estimate = row.estimates.get(metric.key)
+            record[f"{metric.key}_mean"] = "" if estimate is None else estimate.mean
+            record[f"{metric.key}_ci95"] = "" if estimate is None or estimate.ci95 is None else estimate.ci95
+            if metric.ratio:
+                ratio = row.ratios[metric.key]
+                record[f"{metric.key}_ratio"] = "" if ratio.value is None else ratio.value
+                record[f"{metric.key}_p"] = "" if ratio.p_value is None else ratio.p_value
+                record[f"{metric.key}_significance"] = ratio.note
+        out.append(record)
+    return out
+
+
+def markdown_table(header: list[str], cells: list[list[str]]) -> str:
+    escape = lambda text: text.replace("|", "\\|")  # noqa: E731 - a cell may hold "a | b"
+    lines = ["| " + " | ".join(escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(escape(c) for c in line) + " |" for line in cells]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_energy_by_model(rows: list[Row], path: Path) -> None:
+    """Mean training energy per model, one bar per method, 95 % CI as error bars."""
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(row.key.model for row in rows))
+    methods = list(dict.fromkeys(row.key.method for row in rows))
+    width = 0.8 / len(methods)
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(models) * len(methods) ** 0.5), 4.5))
+    for index, method in enumerate(methods):
+        by_model = {row.key.model: row.estimates["energy_train_j"] for row in rows if row.key.method == method}
+        means = [by_model[m].mean / 1e3 if by_model.get(m) else np.nan for m in models]
+        errors = [(by_model[m].ci95 or 0) / 1e3 if by_model.get(m) else 0 for m in models]
+        positions = np.arange(len(models)) + (index - (len(methods) - 1) / 2) * width
+        axes.bar(positions, means, width, yerr=errors, capsize=3, label=method)
+    axes.set_xticks(np.arange(len(models)), models, rotation=20)
+    axes.set_ylabel("training energy (kJ)")
+    axes.set_title("Training energy per model, by method (mean ± 95 % CI)")
+    axes.legend(fontsize="small")
+    _save(figure, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both less energy and more accuracy, by energy."""
+    front, best = [], -math.inf
+    for energy, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if accuracy > best:
+            front.append((energy, accuracy))
+            best = accuracy
+    return front
+
+
+def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> None:
+    """Each row as a point; each model's Pareto front as a step line."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 5))
+    markers = dict(zip(dict.fromkeys(row.key.method for row in rows), "os^Dv<>pPX*h"))
+    for model in dict.fromkeys(row.key.model for row in rows):
+        points = [(row, row.estimates["energy_train_j"], row.estimates["accuracy"])
+                  for row in rows if row.key.model == model]
+        points = [(row, e.mean / 1e3, a.mean) for row, e, a in points if e and a]
+        if not points:
+            continue
+        color = axes.plot([], [])[0].get_color()
+        for row, energy, accuracy in points:
+            axes.scatter(energy, accuracy, color=color, marker=markers[row.key.method], zorder=3)
+        front = pareto_front([(energy, accuracy) for _, energy, accuracy in points])
+        axes.step(*zip(*front), where="post", color=color, alpha=0.6, label=f"{model} (Pareto front)")
+    for method, marker in markers.items():
+        axes.scatter([], [], color="grey", marker=marker, label=method)
+    axes.set_xlabel("training energy (kJ)")
+    axes.set_ylabel("validation accuracy")
+    axes.set_title("Accuracy vs training energy")
+    axes.legend(fontsize="small")
+    _save(figure, path)
+
+
+def plot_energy_vs_flops(rows: list[Row], path: Path) -> None:
+    """Energy ratio vs FLOP ratio to baseline: on the diagonal, the saved energy is saved compute."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 6))
+    compressed = [row for row in rows if not row.is_baseline]
+    for method in dict.fromkeys(row.key.method for row in compressed):
+        points = [(row.key.model, row.ratios["flops_per_sample"].value, row.ratios["energy_train_j"].value)
+                  for row in compressed if row.key.method == method]
+        points = [(model, flops, energy) for model, flops, energy in points if flops and energy]
+        if not points:
+            continue
+        models, flops, energy = zip(*points)
+        axes.scatter(flops, energy, label=method, zorder=3)
+        for model, x, y in points:
+            axes.annotate(model, (x, y), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    limit = max([1.2, *axes.get_xlim(), *axes.get_ylim()])
+    axes.plot([0, limit], [0, limit], color="grey", linestyle="--", label="energy falls as FLOPs fall")
+    axes.set_xlim(0, limit)
+    axes.set_ylim(0, limit)
+    axes.set_xlabel("FLOPs per sample / baseline")
+    axes.set_ylabel("training energy / baseline")
+    axes.set_title("Mechanism: does energy follow compute?")
+    axes.legend(fontsize="small")
+    _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+PLOTS = (
+    ("energy_by_model", plot_energy_by_model),
+    ("accuracy_vs_energy", plot_accuracy_vs_energy),
+    ("energy_vs_flops", plot_energy_vs_flops),
+)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Report:
+    """The summarised groups and the files written for them."""
+
+    groups: list[tuple[GroupKey, list[Row]]]
+    files: list[Path]
+    run_count: int
+    report_run_id: str | None = None
+
+
+def build_report(runs: list[RunRecord], target_fraction: float, history: History) -> list[tuple[GroupKey, list[Row]]]:
+    """The groups, each with its rows summarised; a config hash counts once (its latest run)."""
+    groups = group_runs(latest_per_config(runs))
+    return [(key, summarise_group(rows, target_fraction, history))
+            for key, rows in sorted(groups.items(), key=lambda item: item[0].title)]
+
+
+def write_report(groups: list[tuple[GroupKey, list[Row]]], out: Path) -> list[Path]:
+    """summary.csv, summary.md, the plots of each group and report.html, in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path, html_path = out / "summary.csv", out / "summary.md", out / "report.html"
+    records = [record for group, rows in groups for record in csv_rows(group, rows)]
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    sections, plots = [], []
+    for index, (group, rows) in enumerate(groups):
+        suffix = "" if len(groups) == 1 else f"_{index + 1}"
+        images = []
+        for name, plot in PLOTS:
+            path = out / f"{name}{suffix}.png"
+            plot(rows, path)
+            images.append(path)
+        sections.append((group, table_rows(rows), images))
+        plots += images
+    md_path.write_text(_markdown(sections))
+    html_path.write_text(_html(sections))
+    return [csv_path, md_path, html_path, *plots]
+
+
+def _markdown(sections: list[tuple[GroupKey, tuple[list[str], list[list[str]]], list[Path]]]) -> str:
+    parts = ["# joulebench report", "", _LEGEND, ""]
+    for group, (header, cells), images in sections:
+        parts += [f"## {group.title}", "", markdown_table(header, cells), ""]
+        parts += [f"![{image.stem}]({image.name})" for image in images] + [""]
+    return "\n".join(parts)
+
+
+def _html(sections: list[tuple[GroupKey, tuple[list[str], list[list[str]]], list[Path]]]) -> str:
+    """One file, images inlined as data URIs: it opens offline, mailed or archived alone."""
+    body = [f"<h1>joulebench report</h1><p>{html.escape(_LEGEND)}</p>"]
+    for group, (header, cells), images in sections:
+        body.append(f"<h2>{html.escape(group.title)}</h2><table><tr>"
+                    + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells]
+        body.append("</table>")
+        for image in images:
+            data = base64.b64encode(image.read_bytes()).decode()
+            body.append(f'<figure><img alt="{image.stem}" src="data:image/png;base64,{data}"></figure>')
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;white-space:nowrap}img{max-width:100%}")
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>joulebench report</title>'
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+_LEGEND = (
+    "Values are mean ± half-width of the 95 % confidence interval over repeats (t distribution). "
+    "Ratios are to the same model's baseline in the same group; marks come from Welch's t-test "
+    "over the repeats: *** p<0.001, ** p<0.01, * p<0.05, ns otherwise. Train energy is gross "
+    "(net subtracts idle power). Energy sources other than nvml_counter, nvml_power and rapl "
+    "are estimates."
+)
+
+
+def parse_target_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise ConfigError(f"--target-fraction must be a number in (0, 1], got {text!r}; e.g. 0.99 (99 % of the baseline's accuracy)")
+    return value
+
+
+def run_report(experiment: str, parent: str | None, out: Path, target_fraction: str) -> Report:
+    """Read the runs, summarise, write the files and log them on a ``report`` run."""
+    fraction = parse_target_fraction(target_fraction)
+    runs = tracking.finished_measured_runs(experiment)
+    if parent is not None:
+        grid = tracking.sweep_grid_hashes(experiment, parent)
+        runs = [run for run in runs if run.parent_run_id == parent or run.tags["config_hash"] in grid]
+    if not runs:
+        scope = f"sweep {parent}" if parent else f"experiment {experiment!r}"
+        raise ConfigError(f"no FINISHED joulebench runs in {scope}; run `joulebench sweep` (or train) first")
+    groups = build_report(runs, fraction, tracking.metric_history)
+    files = write_report(groups, out)
+    counted = sum(len(row.runs) for _, rows in groups for row in rows)
+    run_id = tracking.log_report_run(
+        experiment, files, {"parent": parent or "all", "runs": counted, "target_fraction": fraction}
+    )
+    return Report(groups, files, counted, run_id)
