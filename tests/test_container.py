@@ -12,8 +12,8 @@ when the container fails (containers/podman#18889, fixed in 4.6), so ``mlflow ru
 the run FINISHED whatever happened inside. The ``mlflow run`` test therefore also checks that
 joulebench itself printed its closing summary for that run, and what it logged.
 
-Marked ``container``: .ci/run installs podman, runc and debootstrap and runs these tests;
-they are skipped only where podman is not installed at all.
+Marked ``container``. .ci/run installs podman, runc and debootstrap; the tests that need podman
+are skipped only where it is not installed at all.
 """
 
 from __future__ import annotations
@@ -35,13 +35,11 @@ from mlflow.tracking import MlflowClient
 from container_support.base_image import PROJECT_ROOT, ensure_base_image, torch_pins
 from container_support.podman import Podman, stop
 
-pytestmark = [
-    pytest.mark.container,
-    pytest.mark.skipif(
-        shutil.which("podman") is None,
-        reason="podman is not installed (apt-get install -y podman runc debootstrap; .ci/run does this)",
-    ),
-]
+pytestmark = pytest.mark.container
+needs_podman = pytest.mark.skipif(
+    shutil.which("podman") is None,
+    reason="podman is not installed (apt-get install -y podman runc debootstrap; .ci/run does this)",
+)
 
 # The issue's literal command, on the tiny model.
 TRAIN_ARGS = {"model": "tinynet", "method": "stego", "dataset": "digits", "epochs": "1", "weights": "none"}
@@ -174,6 +172,7 @@ def test_dockerfile_lints_clean_with_hadolint() -> None:
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+@needs_podman
 def test_image_runs_joulebench_as_fixed_non_root_user_with_pinned_torch(podman: Podman, image: str) -> None:
     config = podman.run("image", "inspect", "--format",
                         "{{.Config.User}}|{{.Config.WorkingDir}}|{{json .Config.Entrypoint}}|{{json .Config.Env}}",
@@ -190,6 +189,7 @@ def test_image_runs_joulebench_as_fixed_non_root_user_with_pinned_torch(podman: 
         "1000", torch_pins()[0].removeprefix("torch=="), "/app/src/joulebench/__init__.py")
 
 
+@needs_podman
 def test_build_context_keeps_data_stores_venvs_and_git_out(podman: Podman, image: str) -> None:
     listing = podman.run("run", "--rm", "--network", "none", "--entrypoint", "find", image, "/app").stdout.split()
     found = {Path(path).relative_to("/app").as_posix() for path in listing}
@@ -199,6 +199,7 @@ def test_build_context_keeps_data_stores_venvs_and_git_out(podman: Podman, image
     assert [path for path in found if path.startswith("data/")] == []  # only the empty mount point
 
 
+@needs_podman
 def test_mlflow_run_in_docker_env_records_finished_run_on_host_server(
     image: str, project: Path, docker_host: str, tracking_server: tuple[str, Path],
 ) -> None:
@@ -220,6 +221,7 @@ def test_mlflow_run_in_docker_env_records_finished_run_on_host_server(
     assert (artifact_root / "0" / run.info.run_id / "artifacts" / "config.json").is_file()
 
 
+@needs_podman
 def test_podman_run_entrypoint_records_in_mounted_project_store(
     podman: Podman, image: str, image_user: int, project: Path,
 ) -> None:
