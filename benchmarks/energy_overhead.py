@@ -119,7 +119,8 @@ def main() -> None:
         monitor, fake = build_bench_monitor(Path(scratch), args.sample_hz)
         print(f"meters: {[m.source for m in monitor.meters]}; unavailable: {monitor.unavailable}")
         if fake:
-            print(f"no GPU here: the sampler also polls a FAKE GPU power source at {args.sample_hz:g} Hz")
+            print(f"no GPU here: the sampler also polls a FAKE GPU power source at "
+                  f"{args.sample_hz:g} Hz")
         wall, cpu, samples = run_rounds(arms, loader, monitor, args.rounds, args.batches or None)
         window_us = time_windows(monitor, args.windows)
         background_share, sampler_share = background_cpu_share(monitor, args.idle_seconds)

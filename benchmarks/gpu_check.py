@@ -166,7 +166,10 @@ def reference_joules(measurement: Measurement) -> float:
 
 def print_window(measurement: Measurement, compared: dict[str, float], images: int | None) -> None:
     reference = reference_joules(measurement)
-    by = ", ".join(f"{d} {measurement.joules[d]:.1f} J by {s}" for d, s in sorted(measurement.sources.items()))
+    by = ", ".join(
+        f"{device} {measurement.joules[device]:.1f} J by {source}"
+        for device, source in sorted(measurement.sources.items())
+    )
     line = f"  {measurement.name:12s} {measurement.seconds:6.1f} s  kit: {by or 'nothing'}"
     for name, joules in compared.items():
         line += f" | {name} {joules:.1f} J ({percent(joules, reference)})"
@@ -181,7 +184,8 @@ def main() -> int:
         print("no GPU: torch.cuda.is_available() is False; nothing to check (use --smoke to "
               "exercise the script on the CPU)")
         return 0
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    has_gpu = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if has_gpu else torch.device("cpu")
     (gpu,) = open_run_gpus(device) if device.type == "cuda" else (None,)
     describe_gpu(gpu, args)
     if gpu is None:

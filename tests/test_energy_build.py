@@ -56,7 +56,7 @@ def test_without_rapl_cpu_and_ram_are_codecarbon_estimates_and_artefacts_are_wri
 
 def test_rapl_package_only_cpu_from_rapl_ram_from_codecarbon_each_once(tmp_path: Path):
     tree = PowercapTree(tmp_path / "powercap").zone("intel-rapl:0", "package-0", 1_000_000)
-    monitor = build_monitor(CPU, "DEU", tmp_path / "out", sample_hz=50, powercap_root=tmp_path / "powercap")
+    monitor = build_monitor(CPU, "DEU", tmp_path / "out", sample_hz=50, powercap_root=tree.root)
     try:
         assert "rapl" not in monitor.unavailable
         with monitor.window("train/epoch-1") as epoch:
@@ -124,7 +124,11 @@ def test_describe_meters_says_what_each_meter_reads_or_why_not(tmp_path: Path):
         ("codecarbon", True,
          "CO2-eq with USA's grid intensity; estimated energy of cpu, ram (CPU load x TDP, RAM size)"),
     ]
-    tree = PowercapTree(tmp_path / "powercap").zone("intel-rapl:0", "package-0").zone("intel-rapl:0:2", "dram")
+    tree = (
+        PowercapTree(tmp_path / "powercap")
+        .zone("intel-rapl:0", "package-0")
+        .zone("intel-rapl:0:2", "dram")
+    )
     rapl, codecarbon = describe_meters(CPU, "fra", powercap_root=tree.root)[2:]
     assert rapl == ("rapl", True, "CPU/DRAM energy: cpu (intel-rapl:0), ram (intel-rapl:0:2)")
     assert codecarbon == ("codecarbon", True, "CO2-eq with FRA's grid intensity")

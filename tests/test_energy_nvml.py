@@ -233,7 +233,8 @@ def test_gpu_without_counter_falls_back_to_integrated_power_fake_nvml_no_gpu_her
 
 
 def test_instant_power_is_preferred_to_the_one_second_average_fake_nvml_no_gpu_here(monkeypatch):
-    for has_instant, expected_watts, update_period in [(True, 250.0, 0.1), (False, 200.0, AVERAGED_POWER_S)]:
+    cases = [(True, 250.0, 0.1), (False, 200.0, AVERAGED_POWER_S)]
+    for has_instant, expected_watts, update_period in cases:
         fake = FakeNvml(watts=lambda t: 250.0, joules=lambda t: 0.0, has_counter=False,
                         has_instant=has_instant, average_watts=200.0)
         monkeypatch.setitem(sys.modules, "pynvml", fake)

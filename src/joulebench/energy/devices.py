@@ -41,7 +41,8 @@ KNOWN_GPUS: list[tuple[re.Pattern[str], GpuSpec]] = [
     # A100 datasheet (2021): TF32 156, BF16/FP16 312 dense; SXM 400 W, PCIe 80GB 300 W,
     # PCIe 40GB 250 W.
     (re.compile(r"A100.*SXM"), GpuSpec("A100 SXM", 19.5, 156.0, 312.0, 312.0, 400)),
-    (re.compile(r"A100.*80GB.*PCIe|A100-PCIE-80GB", re.I), GpuSpec("A100 PCIe 80GB", 19.5, 156.0, 312.0, 312.0, 300)),
+    (re.compile(r"A100.*80GB.*PCIe|A100-PCIE-80GB", re.I),
+     GpuSpec("A100 PCIe 80GB", 19.5, 156.0, 312.0, 312.0, 300)),
     (re.compile(r"A100.*PCIe", re.I), GpuSpec("A100 PCIe 40GB", 19.5, 156.0, 312.0, 312.0, 250)),
     # L40S datasheet (2023): FP32 91.6, TF32 183, BF16/FP16 362 dense, 350 W.
     (re.compile(r"L40S"), GpuSpec("L40S", 91.6, 183.0, 362.0, 362.0, 350)),

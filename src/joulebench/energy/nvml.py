@@ -93,7 +93,10 @@ def _handle_for_torch_index(pynvml, index: int):
     try:
         return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{properties.uuid}")
     except pynvml.NVMLError:
-        bus_id = f"{properties.pci_domain_id:08X}:{properties.pci_bus_id:02X}:{properties.pci_device_id:02X}.0"
+        bus_id = (
+            f"{properties.pci_domain_id:08X}:{properties.pci_bus_id:02X}:"
+            f"{properties.pci_device_id:02X}.0"
+        )
         return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
 
 
