@@ -1,0 +1,347 @@
+"""``joulebench sweep``: grid and hashes, resume after a kill, GPU pinning, Kubernetes submissions."""
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import kubernetes.client
+import mlflow.projects.kubernetes
+import pytest
+import yaml
+from mlflow.projects import _parse_kubernetes_config
+from mlflow.projects.utils import load_project
+from mlflow.tracking import MlflowClient
+
+from joulebench.cli import main, sweep, train
+from joulebench.config import make_config
+from joulebench.errors import ConfigError
+from joulebench.sweep import (
+    KUBERNETES_ENTRY_POINT,
+    KubernetesRunner,
+    LocalRunner,
+    Progress,
+    check_job_template,
+    expand_grid,
+    grid_table,
+    load_backend_config,
+    parse_method_overrides,
+    pinned_device_ids,
+    sweep_hash,
+)
+
+from conftest import run_cli
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+QUICK = ["--weights", "none", "--epochs", "1", "--limit-train-batches", "2", "--idle-seconds", "0",
+         "--inference-batches", "1"]
+
+
+def sweep_options(*args: str) -> dict:
+    """The options ``joulebench sweep`` hands to the sweep, parsed by the real command line."""
+    return sweep.make_context("sweep", ["--models", "tinynet", *args]).params
+
+
+def grid(models, methods, repeats, overrides=None, *args, run_device=None):
+    options = sweep_options(*args)
+    training = {k: v for k, v in options.items()
+                if k not in ("models", "methods", "repeats", "params", "gpus", "backend", "backend_config",
+                             "force", "quiet")}
+    return expand_grid(models, methods, repeats, overrides or {}, training, run_device)
+
+
+def test_grid_is_repeat_major_baseline_first_with_seeds_and_method_params():
+    combinations = grid(["tinynet", "alexnet"], ["prune", "baseline"], 2,
+                        parse_method_overrides(["prune.amount=0.7"], ["prune", "baseline"]), "--weights", "none")
+    assert [c.label for c in combinations] == [
+        "tinynet-baseline-r0", "tinynet-prune-r0", "alexnet-baseline-r0", "alexnet-prune-r0",
+        "tinynet-baseline-r1", "tinynet-prune-r1", "alexnet-baseline-r1", "alexnet-prune-r1",
+    ]
+    assert [c.config.seed for c in combinations] == [0, 0, 0, 0, 1, 1, 1, 1]
+    prune = combinations[1].config
+    assert prune.method_params == {"amount": 0.7, "structured": False}
+    assert combinations[0].config.method_params == {}
+    assert [c.config.image_size for c in combinations[:4]] == [32, 32, 63, 63]  # alexnet's minimum
+    assert len({c.config_hash for c in combinations}) == 8
+
+
+def test_grid_hash_is_the_grid_whatever_the_order():
+    one = grid(["tinynet"], ["baseline", "prune"], 2)
+    other = grid(["tinynet"], ["prune", "baseline"], 2)
+    assert sweep_hash(one) == sweep_hash(other)
+    assert sweep_hash(one) != sweep_hash(grid(["tinynet"], ["baseline", "prune"], 3))
+    assert sweep_hash(one) != sweep_hash(grid(["tinynet"], ["baseline", "prune"], 2, None, "--epochs", "2"))
+    assert [row["config_hash"] for row in grid_table(one)] == [c.config_hash for c in one]
+
+
+def test_child_arguments_rebuild_the_same_config_and_hash():
+    """What `train` makes of a child's arguments is the config the sweep hashed, field by field."""
+    combinations = grid(["tinynet"], ["baseline", "prune", "stego"], 2,
+                        {"prune": ("amount=0.3", "structured=true"), "stego": ("bits=12",)},
+                        "--weights", "none", "--lr", "1e-3", "--epochs", "2", "--limit-train-batches", "3",
+                        "--country", "fra", "--idle-seconds", "0")
+    for combination in combinations:
+        options = train.make_context("train", combination.train_arguments("PARENT")).params
+        options.pop("quiet")
+        child = make_config(**options)
+        assert child.config_hash() == combination.config_hash
+        assert child == replace(combination.config, run_name=combination.label, parent_run_id="PARENT")
+
+
+def test_method_param_must_name_a_method_of_the_sweep():
+    assert parse_method_overrides(["prune.amount=0.7", "prune.structured=true", "stego.bits=8"],
+                                  ["prune", "stego"]) == {"prune": ("amount=0.7", "structured=true"),
+                                                          "stego": ("bits=8",)}
+    with pytest.raises(ConfigError, match="is not in --methods baseline,prune"):
+        parse_method_overrides(["stego.bits=8"], ["baseline", "prune"])
+
+
+BAD_INPUTS = [
+    (["--models", ","], "--models is empty"),
+    (["--models", "resnet19"], "unknown model 'resnet19'"),
+    (["--models", "tinynet", "--methods", "quantise"], "unknown method 'quantise'"),
+    (["--models", "tinynet", "--repeats", "0"], "--repeats must be a whole number ≥ 1"),
+    (["--models", "tinynet", "--param", "amount=0.7"], "must be METHOD.KEY=VALUE"),
+    (["--models", "tinynet", "--methods", "baseline,prune", "--param", "stego.bits=16"], "is not in --methods"),
+    (["--models", "tinynet", "--param", "prune.bits=3"], "has no parameter 'bits'"),
+    (["--models", "tinynet", "--epochs", "0"], "--epochs must be > 0"),
+    (["--models", "tinynet", "--gpus", "99"], "names GPU 99 but"),
+    (["--models", "tinynet", "--gpus", "0,0"], "distinct GPU indices"),
+    (["--models", "tinynet", "--backend", "kubernetes"], "needs --backend-config FILE"),
+    (["--models", "tinynet", "--backend-config", "x.json"], "only read with --backend kubernetes"),
+    (["--models", "tinynet", "--backend", "kubernetes", "--gpus", "0", "--backend-config", "x.json"],
+     "--gpus is for local runs"),
+    (["--models", "tinynet", "--backend", "kubernetes", "--backend-config", str(DEPLOY / "backend-config.json")],
+     "pods cannot reach the MLflow store sqlite:///mlflow.db"),
+    (["--models", "tinynet", "--backend", "gke"], "'gke' is not one of 'local', 'kubernetes'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_one_line_exit_2_no_run(workdir, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--weights", "none", "--quiet", *args])
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+# --------------------------------------------------------------------------- resume after a kill
+
+
+def children(client: MlflowClient, parent_run_id: str):
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def finished_children(store: Path) -> list:
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("joulebench")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED' and tags.config_hash != ''")
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_combinations(workdir):
+    args = ["sweep", "--models", "tinynet", "--methods", "baseline,prune", "--repeats", "2", *QUICK, "--quiet"]
+    executable = Path(sys.executable).with_name("joulebench")
+    first = subprocess.Popen([str(executable), *args], cwd=workdir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while len(finished_children(workdir / "mlflow.db")) < 2:
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first two combinations did not finish in time"
+            time.sleep(0.5)
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130, err
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("joulebench").experiment_id],
+                                   "tags.run_kind = 'sweep'")
+    assert parent.info.status == "KILLED"
+    before = {run.info.run_id: run.data.tags["config_hash"] for run in children(client, parent.info.run_id)
+              if run.info.status == "FINISHED"}
+    assert len(before) == 2
+    # The sweep stopped its running child, which marked its run KILLED (if it had started one).
+    assert {run.info.status for run in children(client, parent.info.run_id)} <= {"FINISHED", "KILLED"}
+
+    second = run_cli(args, cwd=workdir)
+    assert second.returncode == 0, second.stderr
+    assert "4 combinations: 2 finished now, 2 already finished (skipped), 0 failed" in second.stdout
+    assert f"parent    {parent.info.run_id} (resumed)" in second.stdout
+    runs = children(client, parent.info.run_id)
+    finished = [run for run in runs if run.info.status == "FINISHED"]
+    assert len(finished) == 4
+    assert len({run.data.tags["config_hash"] for run in finished}) == 4
+    assert {run.info.run_id for run in finished} >= set(before)  # the first two were kept, not rerun
+    for config_hash in before.values():
+        assert [run.info.status for run in runs if run.data.tags["config_hash"] == config_hash] == ["FINISHED"]
+    assert sorted(run.info.run_name for run in finished) == [
+        "tinynet-baseline-r0", "tinynet-baseline-r1", "tinynet-prune-r0", "tinynet-prune-r1"]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    logs = {a.path for a in client.list_artifacts(parent.info.run_id, "logs")}
+    assert len(logs) >= 2 and all(path.endswith(".log") for path in logs)
+
+
+# --------------------------------------------------------------------------- one child per GPU
+
+RECORD_CHILD = """
+import json, os, sys, time
+start = time.monotonic()
+time.sleep(0.4)
+with open(sys.argv[1], "a") as handle:
+    handle.write(json.dumps([os.environ["CUDA_VISIBLE_DEVICES"], sys.argv[2], start, time.monotonic()]) + "\\n")
+"""
+
+
+def test_gpus_run_one_child_per_gpu_at_a_time_fake_gpus_no_gpu_here(tmp_path):
+    """Two "GPUs" (physical ids 3 and 5): each child sees one; never two children on one id.
+
+    No GPU here, so each child is a stand-in process that records its CUDA_VISIBLE_DEVICES and
+    when it ran, instead of a measured `joulebench train`.
+    """
+    record = tmp_path / "children.jsonl"
+    combinations = grid(["tinynet"], ["baseline"], 6, None, "--weights", "none")
+    runner = LocalRunner(
+        ["3", "5"], "PARENT", tmp_path,
+        command=lambda c, parent: [sys.executable, "-c", RECORD_CHILD, str(record), c.label],
+    )
+    outcomes = runner.run(combinations, Progress(6, 0, 2, bars=False))
+    assert sorted(o.combination.label for o in outcomes) == sorted(c.label for c in combinations)
+    assert all(o.ok for o in outcomes)
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    assert sorted(label for _, label, _, _ in rows) == sorted(c.label for c in combinations)
+    assert {gpu for gpu, *_ in rows} == {"3", "5"}
+    for gpu in ("3", "5"):
+        spans = sorted((start, end) for g, _, start, end in rows if g == gpu)
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+    spans = {gpu: [(s, e) for g, _, s, e in rows if g == gpu] for gpu in ("3", "5")}
+    assert any(s3 < e5 and s5 < e3 for s3, e3 in spans["3"] for s5, e5 in spans["5"]), "GPUs never ran together"
+
+
+def test_gpu_indices_map_through_an_outer_cuda_visible_devices():
+    assert pinned_device_ids([0, 1], None) == ["0", "1"]
+    assert pinned_device_ids([0, 2], "4,6,7") == ["4", "7"]
+    assert pinned_device_ids([1], "GPU-aaaa,GPU-bbbb") == ["GPU-bbbb"]
+
+
+def test_a_child_rejecting_its_input_stops_the_sweep(tmp_path):
+    rejecting = "import sys; print('joulebench: error: weights missing'); sys.exit(2)"
+    runner = LocalRunner([None], "PARENT", tmp_path, command=lambda c, p: [sys.executable, "-c", rejecting])
+    outcomes = runner.run(grid(["tinynet"], ["baseline"], 3), Progress(3, 0, 1, bars=False))
+    assert len(outcomes) == 1
+    assert outcomes[0].rejected_input and not outcomes[0].ok
+    assert outcomes[0].detail == "exit 2: joulebench: error: weights missing"
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def test_kubernetes_submissions_rebuild_the_sweeps_config_in_the_pod():
+    """MLflow turns each submission into the pod's command; `train` parses it to the same hash.
+
+    No GPU here: the pod resolves --device cuda:0 to itself, so the config is rebuilt on cpu
+    and given the pod's device, as the sweep does.
+    """
+    combinations = grid(["tinynet"], ["baseline", "prune"], 2, {"prune": ("amount=0.7",)},
+                        "--weights", "none", "--limit-train-batches", "3", run_device="cuda:0")
+    entry_point = load_project(str(DEPLOY)).get_entry_point(KUBERNETES_ENTRY_POINT)
+    prune = combinations[1].kubernetes_parameters("PARENT")
+    assert prune == {
+        "parent_run_id": "PARENT", "run_name": "tinynet-prune-r0", "model": "tinynet", "method": "prune",
+        "dataset": "digits", "data_dir": "data/datasets", "weights": "none", "epochs": "3", "batch_size": "64",
+        "lr": "0.001", "optimizer": "adam", "seed": "0", "image_size": "32", "device": "cuda:0",
+        "limit-train-batches": "3", "experiment": "joulebench", "country": "USA", "idle_seconds": "5.0",
+        "inference_batches": "10", "sample_hz": "10.0", "repeat": "0", "param": "amount=0.7",
+    }
+    for combination in combinations:
+        command = shlex.split(entry_point.compute_command(combination.kubernetes_parameters("PARENT"), None))
+        assert command[:2] == ["joulebench", "train"]
+        options = train.make_context("train", command[2:]).params
+        options.pop("quiet")
+        pod_device = options.pop("device")
+        child = make_config(**options, device="cpu")
+        assert child.method_params == combination.config.method_params
+        assert replace(child, device=pod_device).config_hash() == combination.config_hash
+
+
+def test_job_template_makes_a_valid_one_gpu_job_through_mlflow():
+    backend_config, project_dir = load_backend_config(DEPLOY / "backend-config.json")
+    assert project_dir == DEPLOY
+    parsed = _parse_kubernetes_config(backend_config)  # MLflow's own check of the backend config
+    job = mlflow.projects.kubernetes._get_kubernetes_job_definition(
+        "joulebench", "registry.example.com/ml/joulebench:abc1234", "sha256:0123", ["joulebench", "train"],
+        {"MLFLOW_RUN_ID": "r1", "MLFLOW_TRACKING_URI": "http://mlflow:5000"}, parsed["kube-job-template"],
+    )
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["joulebench", "train"]
+    assert container["image"] == "registry.example.com/ml/joulebench:abc1234@sha256:0123"
+    assert {"name": "MLFLOW_RUN_ID", "value": "r1"} in container["env"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["volumeMounts"][0]["mountPath"] == "/mlflow/projects/code/data"
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # The Kubernetes client's V1Job model keeps only the fields it knows: a misspelt key is lost.
+    api = kubernetes.client.ApiClient()
+    model = api._ApiClient__deserialize(job, "V1Job")
+    assert api.sanitize_for_serialization(model) == job
+
+
+def test_backend_config_and_template_problems_are_one_line(tmp_path):
+    (tmp_path / "MLproject").write_text((DEPLOY / "MLproject").read_text())
+    config = tmp_path / "backend-config.json"
+    config.write_text(json.dumps({"kube-job-template-path": "job.yaml"}))
+    with pytest.raises(ConfigError, match="lacks repository-uri"):
+        load_backend_config(config)
+    template = yaml.safe_load((DEPLOY / "job-template.yaml").read_text())
+    del template["metadata"]["namespace"]
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(template))
+    config.write_text(json.dumps({"kube-job-template-path": "job.yaml", "repository-uri": "r/j"}))
+    with pytest.raises(ConfigError, match="lacks metadata.namespace"):
+        load_backend_config(config)
+    (tmp_path / "job.yaml").write_text("kind: Job\n  bad: [indent")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        check_job_template(tmp_path / "job.yaml")
+
+
+class FakeProjectRun:
+    """A submitted run whose pod reaches ``final`` after ``polls`` looks (no cluster here)."""
+
+    def __init__(self, run_id: str, final: str, polls: int) -> None:
+        self.run_id, self._final, self._polls = run_id, final, polls
+
+    def state(self) -> str:
+        self._polls -= 1
+        return self._final if self._polls <= 0 else "RUNNING"
+
+    def cancel(self) -> None:
+        raise AssertionError("nothing was interrupted")
+
+
+def test_kubernetes_runner_nests_and_waits_for_every_run_fake_cluster_no_cluster_here(workdir):
+    """Submissions go to a stand-in for the cluster; nesting is written to the real store."""
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment_id = client.create_experiment("joulebench")
+    parent = client.create_run(experiment_id).info.run_id
+    combinations = grid(["tinynet"], ["baseline", "prune"], 1, run_device="cuda:0")
+    submitted = []
+
+    def submit(project_dir, entry_point, parameters, backend_config, experiment, run_name):
+        run_id = client.create_run(experiment, run_name=run_name).info.run_id
+        submitted.append((project_dir, entry_point, parameters, experiment, run_name))
+        return FakeProjectRun(run_id, "FINISHED" if "baseline" in run_name else "FAILED", polls=2)
+
+    runner = KubernetesRunner({"repository-uri": "r/j"}, DEPLOY, parent, experiment_id, submit, poll_seconds=0.01)
+    outcomes = runner.run(combinations, Progress(2, 0, 0, bars=False))
+    assert [(s[1], s[2]["run_name"], s[3]) for s in submitted] == [
+        ("train", "tinynet-baseline-r0", experiment_id), ("train", "tinynet-prune-r0", experiment_id)]
+    assert {o.combination.label: o.ok for o in outcomes} == {"tinynet-baseline-r0": True, "tinynet-prune-r0": False}
+    assert len(children(client, parent)) == 2
