@@ -27,9 +27,12 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
+from joulebench.data import stratified_split
 from joulebench.errors import ConfigError
 from joulebench.models import (
     TINY_MODELS,
@@ -225,11 +228,6 @@ def _unpack(archive: Archive, mirror: str | None, scratch: Path) -> Path:
 
 def _export_digits(scratch: Path) -> Path:
     """scikit-learn's 1,797 digits as 8×8 grey PNGs in train/ and val/ class folders."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from joulebench.data import stratified_split
-
     digits = load_digits()
     grey = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # the 0–16 ink levels as 0–255
     root = scratch / "digits"
