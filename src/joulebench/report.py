@@ -103,16 +103,14 @@ class Ratio:
 
     @classmethod
     def against(cls, method: Estimate | None, baseline: Estimate | None) -> Ratio:
-        if baseline is None:
-            return cls(None, None, "no baseline")
-        if method is None:
+        if method is None or baseline is None:
             return cls(None, None, "not measured")
         value = method.mean / baseline.mean if baseline.mean else None
         if method.n < 2 or baseline.n < 2:
             return cls(value, None, "n/a (1 repeat)")
-        p_value = float(stats.ttest_ind(method.values, baseline.values, equal_var=False).pvalue)
-        if math.isnan(p_value):
+        if np.ptp(method.values) == 0 and np.ptp(baseline.values) == 0:  # e.g. FLOPs: t is undefined
             return cls(value, None, "n/a (no variance)")
+        p_value = float(stats.ttest_ind(method.values, baseline.values, equal_var=False).pvalue)
         return cls(value, p_value, significance_mark(p_value))
 
 
@@ -228,11 +226,16 @@ def summarise_group(rows: dict[RowKey, list[RunRecord]], target_fraction: float,
         _energy_to_accuracy(row, baseline, target_fraction, history)
     for row in summarised:
         baseline = baselines.get((row.key.model, row.key.image_size))
-        row.ratios = {
-            m.key: Ratio.against(row.estimates[m.key], baseline.estimates[m.key] if baseline else None)
-            for m in METRICS if m.ratio
-        }
+        row.ratios = {m.key: _ratio(row, baseline, m.key) for m in METRICS if m.ratio}
     return summarised
+
+
+def _ratio(row: Row, baseline: Row | None, key: str) -> Ratio:
+    if row.is_baseline:
+        return Ratio(1.0, None, BASELINE)
+    if baseline is None:
+        return Ratio(None, None, "no baseline")
+    return Ratio.against(row.estimates[key], baseline.estimates[key])
 
 
 def _row_order(item: tuple[RowKey, list[RunRecord]]) -> tuple:
@@ -285,7 +288,7 @@ def format_estimate(estimate: Estimate | None, scale: float, missing: str = "not
 
 
 def format_ratio(ratio: Ratio) -> str:
-    if ratio.value is None:
+    if ratio.value is None or ratio.note == BASELINE:
         return ratio.note
     text = f"{ratio.value:.3f}×"
     if ratio.p_value is None:
@@ -348,18 +351,21 @@ def markdown_table(header: list[str], cells: list[list[str]]) -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def plot_energy_by_model(rows: list[Row], path: Path) -> None:
+def plot_energy_by_model(rows: list[Row], path: Path) -> bool:
     """Mean training energy per model, one bar per method, 95 % CI as error bars."""
+    measured = [row for row in rows if row.estimates["energy_train_j"]]
+    if not measured:
+        return False
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(row.key.model for row in rows))
-    methods = list(dict.fromkeys(row.key.method for row in rows))
+    models = list(dict.fromkeys(row.key.model for row in measured))
+    methods = list(dict.fromkeys(row.key.method for row in measured))
     width = 0.8 / len(methods)
     figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(models) * len(methods) ** 0.5), 4.5))
     for index, method in enumerate(methods):
-        by_model = {row.key.model: row.estimates["energy_train_j"] for row in rows if row.key.method == method}
-        means = [by_model[m].mean / 1e3 if by_model.get(m) else np.nan for m in models]
-        errors = [(by_model[m].ci95 or 0) / 1e3 if by_model.get(m) else 0 for m in models]
+        by_model = {row.key.model: row.estimates["energy_train_j"] for row in measured if row.key.method == method}
+        means = [by_model[m].mean / 1e3 if m in by_model else np.nan for m in models]
+        errors = [(by_model[m].ci95 or 0) / 1e3 if m in by_model else 0 for m in models]
         positions = np.arange(len(models)) + (index - (len(methods) - 1) / 2) * width
         axes.bar(positions, means, width, yerr=errors, capsize=3, label=method)
     axes.set_xticks(np.arange(len(models)), models, rotation=20)
@@ -367,6 +373,7 @@ def plot_energy_by_model(rows: list[Row], path: Path) -> None:
     axes.set_title("Training energy per model, by method (mean ± 95 % CI)")
     axes.legend(fontsize="small")
     _save(figure, path)
+    return True
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -379,21 +386,21 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> None:
+def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
     """Each row as a point; each model's Pareto front as a step line."""
+    measured = [row for row in rows if row.estimates["energy_train_j"] and row.estimates["accuracy"]]
+    if not measured:
+        return False
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 5))
-    markers = dict(zip(dict.fromkeys(row.key.method for row in rows), "os^Dv<>pPX*h"))
-    for model in dict.fromkeys(row.key.model for row in rows):
-        points = [(row, row.estimates["energy_train_j"], row.estimates["accuracy"])
-                  for row in rows if row.key.model == model]
-        points = [(row, e.mean / 1e3, a.mean) for row, e, a in points if e and a]
-        if not points:
-            continue
-        color = axes.plot([], [])[0].get_color()
-        for row, energy, accuracy in points:
-            axes.scatter(energy, accuracy, color=color, marker=markers[row.key.method], zorder=3)
+    markers = dict(zip(dict.fromkeys(row.key.method for row in measured), "os^Dv<>pPX*h"))
+    for model in dict.fromkeys(row.key.model for row in measured):
+        points = [(row.key.method, row.estimates["energy_train_j"].mean / 1e3, row.estimates["accuracy"].mean)
+                  for row in measured if row.key.model == model]
+        color = axes.plot([], [])[0].get_color()  # the next colour of the cycle, one per model
+        for method, energy, accuracy in points:
+            axes.scatter(energy, accuracy, color=color, marker=markers[method], zorder=3)
         front = pareto_front([(energy, accuracy) for _, energy, accuracy in points])
         axes.step(*zip(*front), where="post", color=color, alpha=0.6, label=f"{model} (Pareto front)")
     for method, marker in markers.items():
@@ -403,24 +410,24 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> None:
     axes.set_title("Accuracy vs training energy")
     axes.legend(fontsize="small")
     _save(figure, path)
+    return True
 
 
-def plot_energy_vs_flops(rows: list[Row], path: Path) -> None:
+def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:
     """Energy ratio vs FLOP ratio to baseline: on the diagonal, the saved energy is saved compute."""
+    points = [(row.key.method, row.key.model, row.ratios["flops_per_sample"].value, row.ratios["energy_train_j"].value)
+              for row in rows if not row.is_baseline]
+    points = [point for point in points if point[2] and point[3]]
+    if not points:
+        return False
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 6))
-    compressed = [row for row in rows if not row.is_baseline]
-    for method in dict.fromkeys(row.key.method for row in compressed):
-        points = [(row.key.model, row.ratios["flops_per_sample"].value, row.ratios["energy_train_j"].value)
-                  for row in compressed if row.key.method == method]
-        points = [(model, flops, energy) for model, flops, energy in points if flops and energy]
-        if not points:
-            continue
-        models, flops, energy = zip(*points)
-        axes.scatter(flops, energy, label=method, zorder=3)
-        for model, x, y in points:
-            axes.annotate(model, (x, y), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    for method in dict.fromkeys(method for method, *_ in points):
+        mine = [(model, flops, energy) for m, model, flops, energy in points if m == method]
+        axes.scatter([flops for _, flops, _ in mine], [energy for *_, energy in mine], label=method, zorder=3)
+        for model, flops, energy in mine:
+            axes.annotate(model, (flops, energy), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
     limit = max([1.2, *axes.get_xlim(), *axes.get_ylim()])
     axes.plot([0, limit], [0, limit], color="grey", linestyle="--", label="energy falls as FLOPs fall")
     axes.set_xlim(0, limit)
@@ -430,6 +437,7 @@ def plot_energy_vs_flops(rows: list[Row], path: Path) -> None:
     axes.set_title("Mechanism: does energy follow compute?")
     axes.legend(fontsize="small")
     _save(figure, path)
+    return True
 
 
 def _save(figure: Any, path: Path) -> None:
@@ -468,7 +476,7 @@ def build_report(runs: list[RunRecord], target_fraction: float, history: History
 
 
 def write_report(groups: list[tuple[GroupKey, list[Row]]], out: Path) -> list[Path]:
-    """summary.csv, summary.md, the plots of each group and report.html, in ``out``."""
+    """summary.csv, summary.md, each group's plots (those it has data for) and report.html."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never open a window
@@ -482,11 +490,7 @@ def write_report(groups: list[tuple[GroupKey, list[Row]]], out: Path) -> list[Pa
     sections, plots = [], []
     for index, (group, rows) in enumerate(groups):
         suffix = "" if len(groups) == 1 else f"_{index + 1}"
-        images = []
-        for name, plot in PLOTS:
-            path = out / f"{name}{suffix}.png"
-            plot(rows, path)
-            images.append(path)
+        images = [path for name, plot in PLOTS if plot(rows, path := out / f"{name}{suffix}.png")]
         sections.append((group, table_rows(rows), images))
         plots += images
     md_path.write_text(_markdown(sections))
