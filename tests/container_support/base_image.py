@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the sibling module importable
@@ -44,7 +46,9 @@ def torch_pins(pyproject: Path = PROJECT_ROOT / "pyproject.toml") -> tuple[str, 
     try:
         return pins["torch"], pins["torchvision"]
     except KeyError as missing:
-        raise RuntimeError(f"{pyproject} must pin {missing} with '=='; the base image installs that exact build") from None
+        raise RuntimeError(
+            f"{pyproject} must pin {missing} with '=='; the base image installs that exact build"
+        ) from None
 
 
 def recipe_digest(pins: tuple[str, str]) -> str:
@@ -102,20 +106,17 @@ def _remove_superseded(podman: Podman, keep: str) -> None:
 def _check(command: list[str]) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"{command[0]} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{command[0]} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
 
 
-class _phase:
-    """Prints how long one step of the cold build took (the numbers asked for in the issue)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        self.start = time.monotonic()
-
-    def __exit__(self, *exc_info: object) -> None:
-        print(f"[base image] {self.name}: {time.monotonic() - self.start:.0f} s", file=sys.stderr, flush=True)
+@contextmanager
+def _phase(name: str) -> Iterator[None]:
+    """Print how long one step of the cold build took (the numbers reported for the issue)."""
+    start = time.monotonic()
+    yield
+    print(f"[base image] {name}: {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
