@@ -10,6 +10,7 @@ Pure functions: the caller logs the curve and the PNG wherever it likes.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,22 +24,22 @@ ALL_BITS = range(MAX_BITS + 1)
 # Accuracies are fractions of a finite test set; the slack absorbs float error in
 # differences such as 0.57 - 0.56 = 0.010000000000000009.
 COMPARISON_SLACK = 1e-9
+BITS_PART = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")  # "8" or "0-23"
 
 
 def parse_bits_values(text: str) -> list[int]:
     """``"0-23"``, ``"0,8,16"`` or a mix (``"0-4,16,23"``) as sorted distinct bits values."""
     values: set[int] = set()
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            values.update(range(int(low), int(high or low) + 1))
-    except ValueError:
-        values = set()
-    if not values or not all(0 <= bits <= MAX_BITS for bits in values):
-        raise ConfigError(
-            f"bits values {text!r} not understood; accepted: integers 0–{MAX_BITS} as a range "
-            f"and/or list, e.g. 0-{MAX_BITS} or 0,8,16,20"
-        )
+    for part in text.split(","):
+        match = BITS_PART.fullmatch(part)
+        if match:
+            low, high = int(match[1]), int(match[2] or match[1])
+        if not match or not low <= high <= MAX_BITS:
+            raise ConfigError(
+                f"bits values {text!r} not understood at {part.strip()!r}; accepted: integers "
+                f"0–{MAX_BITS} as ranges and/or a list, e.g. 0-{MAX_BITS} or 0,8,16,20"
+            )
+        values.update(range(low, high + 1))
     return sorted(values)
 
 

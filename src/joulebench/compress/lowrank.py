@@ -32,6 +32,7 @@ from joulebench.compress.base import Method, ParamSpec, classifier_heads, output
 EXACT_SVD_MAX_ELEMENTS = 1 << 20
 OVERSAMPLING = 10
 POWER_ITERATIONS = 2
+RANDOMIZED_SVD_SEED = 0
 
 
 @dataclass
@@ -51,7 +52,11 @@ def truncated_svd(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         return u[:, :rank], s[:rank], vh[:rank].mT, "exact"
     columns = min(rank + OVERSAMPLING, *matrix.shape)
-    u, s, v = torch.svd_lowrank(matrix, q=columns, niter=POWER_ITERATIONS)
+    # svd_lowrank draws its random test matrix from the global generator: fork and seed it, so
+    # that a layer always factorises the same way and the run's own random stream is untouched.
+    with torch.random.fork_rng(devices=[matrix.device] if matrix.is_cuda else []):
+        torch.manual_seed(RANDOMIZED_SVD_SEED)
+        u, s, v = torch.svd_lowrank(matrix, q=columns, niter=POWER_ITERATIONS)
     return u[:, :rank], s[:rank], v[:, :rank], "randomized"
 
 
