@@ -21,6 +21,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+pytestmark = pytest.mark.slow  # about 2½ minutes of CPU: every stage is a real process
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = (
     "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
