@@ -7,6 +7,14 @@
 # that torch build. Where no registry is reachable, any local image with the same contents works
 # (the container test builds one with debootstrap: tests/container_support/).
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+
+# The dependency list alone, read from pyproject.toml: the large layer that installs it is then
+# rebuilt when the list changes, not on every other edit of pyproject.toml or of the code.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /tmp/
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /tmp/requirements.txt
+
 FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -21,12 +29,8 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 
 WORKDIR /app
 
-# Dependencies alone first, read from pyproject.toml: this large layer is rebuilt only when the
-# dependency list changes, not on every code change.
-COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt \
-    && pip install --no-cache-dir --requirement /tmp/requirements.txt \
+COPY --from=requirements /tmp/requirements.txt /tmp/
+RUN pip install --no-cache-dir --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # A fixed UID, so that ownership of mounted data and MLflow stores can be planned on the host.
