@@ -76,3 +76,25 @@ def test_measurement_options_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         config(**overrides)
     assert config(sample_hz=20).sample_hz == 20.0
+
+
+def test_method_params_from_params_file(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("methods:\n  prune: {amount: 0.25, structured: true}\n  stego: {bits: 8}\n")
+    cfg = config(method="prune", params_file=str(params))
+    assert cfg.method_params == {"amount": 0.25, "structured": True}
+    assert config(method="stego", params_file=str(params), params=("bits=12",)).method_params["bits"] == 12
+    assert config(method="baseline", params_file=str(params)).method_params == {}
+
+
+def test_bad_params_file_is_one_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("methods:\n  stego: 16\n")
+    with pytest.raises(ConfigError, match="methods.stego in .* must map parameter names to values"):
+        config(method="stego", params_file=str(params))
+    params.write_text("methods: {stego: {bits: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot be read as YAML"):
+        config(method="stego", params_file=str(params))
+    params.write_text("methods:\n  stego: {bits: 99}\n")
+    with pytest.raises(ConfigError, match="bad value '99' for stego.bits"):
+        config(method="stego", params_file=str(params))

@@ -63,3 +63,16 @@ def test_missing_dataset_directories(tmp_path):
 def test_unknown_dataset_lists_accepted():
     with pytest.raises(ConfigError, match="accepted: digits .*cifar10, imagefolder:PATH"):
         load_dataset("mnist", Path("x"), 32, 0)
+
+
+def test_data_version_from_dvc_lock(tmp_path, monkeypatch):
+    from joulebench.data import dvc_version
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/datasets/digits").mkdir(parents=True)
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  fetch_data:\n    cmd: joulebench fetch dataset digits\n"
+        "    outs:\n    - path: data/datasets/digits\n      md5: 65ea97c6296278600d3566b4b3472e66.dir\n"
+    )
+    assert dvc_version(Path("data/datasets/digits")) == "dvc-md5:65ea97c6296278600d3566b4b3472e66.dir"
+    assert dvc_version(Path("data/datasets/cifar10")) == "untracked"

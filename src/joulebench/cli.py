@@ -64,6 +64,8 @@ def training_options(function):
               help="One of the paper's nine (densenet121 … vgg16), tinynet, or any torchvision classifier.")
 @click.option("--method", default="baseline", show_default=True, help="baseline | stego | prune | lowrank (`joulebench methods` lists their parameters).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter (repeatable).")
+@click.option("--params-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML (DVC's params.yaml) whose methods.<METHOD> mapping gives the method's parameters; --param overrides.")
 @training_options
 @click.option("--run-name", default=None, help="MLflow run name.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from joulebench.compress import parse_method_params
 from joulebench.data import check_dataset_spec
@@ -94,6 +95,30 @@ def _positive(name: str, value: Any, kind: type) -> Any:
     return number
 
 
+def method_params_from_file(path: Path, method: str) -> tuple[str, ...]:
+    """``key=value`` pairs from the ``methods.<method>`` mapping of a YAML file (DVC's params.yaml)."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(
+            f"--params-file {path} cannot be read as YAML ({type(error).__name__}); pass a readable "
+            "YAML file such as the project's params.yaml"
+        ) from None
+    methods = document.get("methods") if isinstance(document, dict) else None
+    values = methods.get(method) if isinstance(methods, dict) else None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(
+            f"methods.{method} in {path} must map parameter names to values, e.g. "
+            "methods: {stego: {bits: 16}}; `joulebench methods` lists them"
+        )
+    return tuple(f"{key}={_yaml_scalar(value)}" for key, value in (values or {}).items())
+
+
+def _yaml_scalar(value: Any) -> str:
+    """The text ``--param`` would carry for a YAML value (YAML's true/false, not Python's)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def make_config(
     *,
     model: str,
@@ -111,7 +136,9 @@ def make_config(
 ) -> RunConfig:
     """Validate raw option values into a RunConfig; the first problem raises ConfigError."""
     check_model_name(model)
-    method_params = parse_method_params(method, params)
+    params_file = rest.pop("params_file", None)
+    from_file = method_params_from_file(Path(params_file), method) if params_file else ()
+    method_params = parse_method_params(method, (*from_file, *params))
     check_dataset_spec(dataset)
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")

@@ -8,12 +8,14 @@ fixed by the seed.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -141,14 +143,31 @@ def _load_imagefolder(root: Path, image_size: int, seed: int) -> DataSplits:
 
 
 def dvc_version(path: Path) -> str:
-    """The md5 DVC recorded for ``path`` (its ``.dvc`` file), or a note that it is untracked."""
+    """The md5 DVC recorded for ``path``: in its ``.dvc`` file, or in ``dvc.lock`` (a stage's output).
+
+    ``dvc.lock`` is looked up in the working directory, where ``dvc repro`` runs its stages.
+    """
     dvc_file = path.with_name(path.name + ".dvc")
     if dvc_file.is_file():
         for line in dvc_file.read_text().splitlines():
             key, _, value = line.strip().lstrip("- ").partition(":")
             if key == "md5":
                 return "dvc-md5:" + value.strip()
-    return "untracked"
+    md5 = _dvc_lock_md5(Path("dvc.lock"), path)
+    return f"dvc-md5:{md5}" if md5 else "untracked"
+
+
+def _dvc_lock_md5(lock: Path, path: Path) -> str | None:
+    """The md5 of output ``path`` in the ``lock`` file, if a stage there outputs it."""
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    wanted = path.resolve()
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if (lock.parent / out["path"]).resolve() == wanted:
+                return out.get("md5")
+    return None
 
 
 def make_loader(
@@ -162,7 +181,7 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
-        num_workers=0 if in_memory else 4,
+        num_workers=0 if in_memory else min(4, os.cpu_count() or 1),
         pin_memory=device.type == "cuda",
         persistent_workers=not in_memory,
     )
