@@ -410,9 +410,8 @@ class LocalRunner:
 
 
 def _train_command(combination: Combination, parent_run_id: str) -> list[str]:
-    """The installed ``joulebench`` next to this interpreter, as a user would run it."""
-    executable = Path(sys.executable).with_name("joulebench")
-    return [str(executable), "train", *combination.train_arguments(parent_run_id)]
+    """``joulebench train`` under this interpreter (works installed or from a bare checkout)."""
+    return [sys.executable, "-m", "joulebench", "train", *combination.train_arguments(parent_run_id)]
 
 
 def _tail(path: Path) -> str:
