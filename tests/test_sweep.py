@@ -116,13 +116,15 @@ BAD_INPUTS = [
     (["--models", "tinynet", "--backend", "kubernetes", "--gpus", "0", "--backend-config", "x.json"],
      "--gpus is for local runs"),
     (["--models", "tinynet", "--backend", "kubernetes", "--backend-config", str(DEPLOY / "backend-config.json")],
-     "pods cannot reach the MLflow store sqlite:///mlflow.db"),
+     "pods cannot reach the MLflow store sqlite:///"),
     (["--models", "tinynet", "--backend", "gke"], "'gke' is not one of 'local', 'kubernetes'"),
 ]
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
-def test_bad_input_one_line_exit_2_no_run(workdir, capsys, args, message):
+def test_bad_input_one_line_exit_2_no_run(workdir, monkeypatch, capsys, args, message):
+    # By absolute path: within one process MLflow reuses the store it opened for a relative URI.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--weights", "none", "--quiet", *args])
     assert exit_info.value.code == 2
@@ -326,8 +328,9 @@ class FakeProjectRun:
         raise AssertionError("nothing was interrupted")
 
 
-def test_kubernetes_runner_nests_and_waits_for_every_run_fake_cluster_no_cluster_here(workdir):
+def test_kubernetes_runner_nests_and_waits_for_every_run_fake_cluster_no_cluster_here(workdir, monkeypatch):
     """Submissions go to a stand-in for the cluster; nesting is written to the real store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment_id = client.create_experiment("joulebench")
     parent = client.create_run(experiment_id).info.run_id
