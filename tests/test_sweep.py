@@ -347,4 +347,7 @@ def test_kubernetes_runner_nests_and_waits_for_every_run_fake_cluster_no_cluster
     assert [(s[1], s[2]["run_name"], s[3]) for s in submitted] == [
         ("train", "tinynet-baseline-r0", experiment_id), ("train", "tinynet-prune-r0", experiment_id)]
     assert {o.combination.label: o.ok for o in outcomes} == {"tinynet-baseline-r0": True, "tinynet-prune-r0": False}
-    assert len(children(client, parent)) == 2
+    statuses = {run.info.run_name: run.info.status for run in children(client, parent)}
+    # The failed Job's run is closed FAILED for it (a later sweep reruns it); a finished Job's
+    # run is its pod's to close (no pod here, so it is still open).
+    assert statuses == {"tinynet-baseline-r0": "RUNNING", "tinynet-prune-r0": "FAILED"}

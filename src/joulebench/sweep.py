@@ -462,7 +462,7 @@ def load_backend_config(path: Path) -> tuple[dict[str, Any], Path]:
     return config | {"kube-job-template-path": str(template)}, project_dir
 
 
-def check_job_template(path: Path) -> dict[str, Any]:
+def check_job_template(path: Path) -> None:
     """The Job template, with the keys MLflow fills in (it raises KeyError deep inside otherwise)."""
     where = f"job template {path}"
     if not path.is_file():
@@ -482,7 +482,6 @@ def check_job_template(path: Path) -> dict[str, Any]:
             problems.append("spec.template.spec.containers with one container")
     if problems:
         raise ConfigError(f"{where} lacks {problems[0]}, which MLflow's Kubernetes backend fills in; start from deploy/kubernetes/job-template.yaml")
-    return job
 
 
 def kubernetes_run_device(requested: str) -> str:
@@ -494,7 +493,9 @@ class KubernetesRunner:
     """Submits every combination as an MLflow Project run on the cluster, then waits on all.
 
     The template asks for one GPU per pod, so the cluster never puts two measured runs on one
-    device. Each submitted run is nested under the sweep's parent run as soon as it exists.
+    device. Each submitted run is nested under the sweep's parent run as soon as it exists. A
+    Job that ends before joulebench could close its run (image pull error, evicted pod, Ctrl-C
+    here) leaves that run open: it is closed with the Job's state, so a later sweep reruns it.
     """
 
     def __init__(
@@ -525,9 +526,10 @@ class KubernetesRunner:
                 submitted[project_run.run_id] = (combination, project_run, time.monotonic())
             return self._wait(submitted, progress)
         except KeyboardInterrupt:
-            for _, project_run, _ in submitted.values():
+            for run_id, (_, project_run, _) in submitted.items():
                 if project_run.state() not in TERMINAL_STATES:
                     project_run.cancel()
+                    tracking.close_if_open(run_id, "KILLED")
             raise
 
     def _wait(self, submitted: dict[str, tuple[Combination, ProjectRun, float]], progress: Progress) -> list[Outcome]:
@@ -538,6 +540,8 @@ class KubernetesRunner:
                 state = project_run.state()
                 if state in TERMINAL_STATES:
                     del pending[run_id]
+                    if state != "FINISHED":  # a finished pod has closed its run itself
+                        tracking.close_if_open(run_id, state)
                     outcome = Outcome(combination, state == "FINISHED", time.monotonic() - started,
                                       f"run {run_id} {state}")
                     outcomes.append(outcome)
@@ -612,7 +616,7 @@ def run_sweep(
             if kubernetes else LocalRunner(slots, parent.run_id, Path(scratch))
         )
         meter = Progress(len(combinations), len(combinations) - len(todo), 0 if kubernetes else len(slots), bars)
-        status = "KILLED"
+        status = "FAILED"
         try:
             outcomes = runner.run(todo, meter)
             rejected = [outcome for outcome in outcomes if outcome.rejected_input]
@@ -623,6 +627,9 @@ def run_sweep(
                     "fix it and run the same sweep again: finished combinations are kept"
                 )
             status = "FINISHED" if all(outcome.ok for outcome in outcomes) else "FAILED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
             meter.close()
             tracking.end_sweep_run(parent.run_id, status, Path(scratch))
