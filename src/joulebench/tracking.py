@@ -296,6 +296,13 @@ def end_sweep_run(run_id: str, status: str, log_dir: Path) -> None:
     client.set_terminated(run_id, status)
 
 
+def close_if_open(run_id: str, status: str) -> None:
+    """End a run that its own process could not end (its pod never started, or was stopped)."""
+    client = _client()
+    if not RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
+        client.set_terminated(run_id, status)
+
+
 def adopt_child(run_id: str, parent_run_id: str) -> None:
     """Nest a run MLflow Projects created (it cannot be given a parent) under the sweep."""
     _client().set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent_run_id)
@@ -333,18 +340,32 @@ def submit_kubernetes_run(
     project_dir: Path, entry_point: str, parameters: dict[str, str], backend_config: dict[str, Any],
     experiment_id: str, run_name: str,
 ) -> KubernetesProjectRun:
-    """Build and push the project's image, create the Job, return without waiting."""
+    """Build and push the project's image, create the Job, return without waiting.
+
+    What stops a submission here is the environment (no docker, no registry login, no kube
+    context, no rights in the namespace): ConfigError, one line.
+    """
     import mlflow.projects
 
+    try:
+        import docker  # noqa: F401  MLflow's Kubernetes backend builds and pushes the image with it
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.config.config_exception import ConfigException
+    except ImportError as error:
+        raise ConfigError(
+            f"the kubernetes backend needs the {error.name} package; pip install 'kubernetes<36' docker"
+        ) from None
     try:
         submitted = mlflow.projects.run(
             str(project_dir), entry_point=entry_point, parameters=parameters, experiment_id=experiment_id,
             backend="kubernetes", backend_config=backend_config, synchronous=False, build_image=True,
             run_name=run_name,
         )
-    except ImportError as error:
+    except (mlflow.exceptions.ExecutionException, ConfigException, ApiException) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise ConfigError(
-            f"the kubernetes backend needs the {error.name} package; pip install 'kubernetes<36' docker"
+            f"MLflow could not submit {run_name} to Kubernetes ({reason}); check docker, the registry "
+            "login, the kube context and docs/sweep-and-report.md"
         ) from None
     return KubernetesProjectRun(submitted)
 
