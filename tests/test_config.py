@@ -98,3 +98,8 @@ def test_bad_params_file_is_one_line(tmp_path):
     params.write_text("methods:\n  stego: {bits: 99}\n")
     with pytest.raises(ConfigError, match="bad value '99' for stego.bits"):
         config(method="stego", params_file=str(params))
+
+
+def test_param_values_may_carry_several_pairs_as_mlproject_passes_them():
+    assert config(method="stego", params=("bits=12,fill=random",)).method_params["fill"] == "random"
+    assert config(method="stego", params=("",)).method_params["bits"] == 16

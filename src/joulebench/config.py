@@ -138,7 +138,10 @@ def make_config(
     check_model_name(model)
     params_file = rest.pop("params_file", None)
     from_file = method_params_from_file(Path(params_file), method) if params_file else ()
-    method_params = parse_method_params(method, (*from_file, *params))
+    # One --param may carry several comma-separated pairs (`mlflow run -P params=a=1,b=2`);
+    # an empty one (the MLproject default) carries none.
+    pairs = [pair for value in params for pair in value.split(",") if pair.strip()]
+    method_params = parse_method_params(method, (*from_file, *pairs))
     check_dataset_spec(dataset)
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")

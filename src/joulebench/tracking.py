@@ -41,6 +41,9 @@ def use_store(experiment: str) -> str:
     uri = tracking_uri()
     _check_local_path_writable(uri)
     mlflow.set_tracking_uri(uri)
+    launched_run = os.environ.get("MLFLOW_RUN_ID")
+    if launched_run:  # started by `mlflow run`, which made the run and chose its experiment
+        return MlflowClient().get_run(launched_run).info.experiment_id
     try:
         return mlflow.set_experiment(experiment).experiment_id
     except Exception as error:  # any failure here means the store is unusable
@@ -127,7 +130,7 @@ class Recorder:
         mlflow.set_tags(tags)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        mlflow.log_params(params)
+        _log_new_params(params)
 
     def log_json(self, name: str, payload: Any) -> None:
         mlflow.log_text(json.dumps(payload, indent=2, default=str), name)
@@ -163,6 +166,16 @@ class Recorder:
         )
 
 
+def _log_new_params(params: dict[str, Any]) -> None:
+    """Log params the active run does not have yet.
+
+    ``mlflow run`` logs the entry point's parameters first, in the user's spelling
+    (``-P lr=1e-3``); MLflow refuses to log a key again with another spelling (``0.001``).
+    """
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({key: value for key, value in params.items() if key not in existing})
+
+
 @contextmanager
 def recorded_run(
     config: RunConfig, tags: dict[str, str], params: dict[str, Any], command: str = "train"
@@ -181,7 +194,7 @@ def recorded_run(
     )
     recorder = Recorder(run.info.run_id, experiment_id)
     try:
-        mlflow.log_params(params)
+        _log_new_params(params)
         mlflow.log_text(config.to_json(), "config.json")
         yield recorder
     except KeyboardInterrupt:
