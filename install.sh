@@ -8,6 +8,8 @@ cd "$(dirname "$0")"
 
 PYTHON="${PYTHON:-python3.11}"
 SYSTEM_PACKAGES=(git chromium chromium-driver podman runc debootstrap uidmap slirp4netns fuse-overlayfs)
+# `mlflow run` with docker_env calls the docker CLI; podman-docker provides one where none is.
+command -v docker >/dev/null || SYSTEM_PACKAGES+=(podman-docker)
 
 if [[ "${JOULEBENCH_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
     missing=()
