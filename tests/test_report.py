@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats
 

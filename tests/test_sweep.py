@@ -150,6 +150,7 @@ def finished_children(store: Path) -> list:
     return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED' and tags.config_hash != ''")
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_combinations(workdir):
     args = ["sweep", "--models", "tinynet", "--methods", "baseline,prune", "--repeats", "2", *QUICK, "--quiet"]
     executable = Path(sys.executable).with_name("joulebench")

@@ -36,8 +36,10 @@ SERVER_START_SECONDS = 180
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                       reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"),
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+        reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)",
+    ),
 ]
 
 
@@ -45,8 +47,10 @@ pytestmark = [
 def swept(tmp_path_factory):
     """A small real sweep (tinynet × baseline, prune) in a sqlite store: (store, parent run)."""
     folder = tmp_path_factory.mktemp("swept")
+    # 1.5 s of idle baseline keeps each run's total window longer than CodeCarbon's 1 s update
+    # period, so energy_total_j is measured however fast the two training batches are.
     result = run_cli(["sweep", "--models", "tinynet", "--methods", "baseline,prune", "--weights", "none",
-                      "--epochs", "1", "--limit-train-batches", "2", "--idle-seconds", "0",
+                      "--epochs", "1", "--limit-train-batches", "2", "--idle-seconds", "1.5",
                       "--inference-batches", "1", "--quiet"], cwd=folder)
     assert result.returncode == 0, result.stderr
     parent = re.search(r"^parent    (\w+)", result.stdout, re.MULTILINE).group(1)
@@ -65,11 +69,12 @@ def mlflow_server(swept, tmp_path_factory):
     store, _ = swept
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    environment = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers: the UI needs none
+    # No background job workers (seven processes): the UI needs none.
+    environment = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with log.open("w") as output:
         server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{store}",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+             f"sqlite:///{store}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             stdout=output, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
         )
     try:
@@ -129,8 +134,9 @@ def wait_for(condition: Callable[[], object], seconds: float, explain: Callable[
 
 
 def show_columns(driver, picks: list[tuple[str, str]]) -> None:
-    """Tick or untick columns in the runs table's Columns menu, as a user would: (group, name)."""
-    driver.find_element(By.CSS_SELECTOR, 'button[data-component-id*="experimentviewrunscolumnselector"]').click()
+    """Toggle columns in the runs table's Columns menu, as a user would: (group, name) each."""
+    columns_button = 'button[data-component-id*="experimentviewrunscolumnselector"]'
+    driver.find_element(By.CSS_SELECTOR, columns_button).click()
     menu = wait_for(lambda: driver.find_element(
         By.CSS_SELECTOR, '[data-component-id="mlflow.experiment_page.runs_table.column_selector"]'),
         UI_TIMEOUT_SECONDS, lambda: "the Columns menu did not open")
@@ -169,23 +175,31 @@ def test_sweep_runs_method_and_energy_are_visible_in_the_mlflow_ui(swept, mlflow
     assert sorted(run.info.run_name for run in children) == ["tinynet-baseline-r0", "tinynet-prune-r0"]
 
     browser.get(f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/runs")
+
+    def page_text() -> str:
+        return browser.find_element(By.TAG_NAME, "body").text
+
     wait_for(lambda: browser.find_elements(By.LINK_TEXT, parent.info.run_name), UI_TIMEOUT_SECONDS,
-             lambda: f"the runs table never showed {parent.info.run_name}: {browser.find_element(By.TAG_NAME, 'body').text}")
-    for close in browser.find_elements(By.CSS_SELECTOR, '[data-component-id="mlflow.assistant.chat_panel.close"]'):
+             lambda: f"the runs table never showed {parent.info.run_name}: {page_text()}")
+    assistant_close = '[data-component-id="mlflow.assistant.chat_panel.close"]'
+    for close in browser.find_elements(By.CSS_SELECTOR, assistant_close):
         close.click()  # the assistant side panel would hide the table's right half
     browser.find_element(
         By.CSS_SELECTOR, f'[row-id="{parent_id}"] button[data-component-id*="runnamecellrenderer"]').click()
+    # Add the method tag and an energy metric; untick three default columns so all fit the window.
     show_columns(browser, [("Tags", "method"), ("Metrics", "energy_total_j"),
                            ("Attributes", "Dataset"), ("Attributes", "Source"), ("Attributes", "Models")])
 
-    # The whole run's energy: a 2-batch epoch is shorter than CodeCarbon's update period, so
-    # its training energy is (rightly) absent here; the total window spans seconds.
+    # The whole run's energy: a 2-batch epoch can be shorter than CodeCarbon's update period,
+    # and its training energy then (rightly) absent; the total window spans the idle seconds.
     method_column, energy_column = "tags.`method`", "metrics.`energy_total_j`"
     for run in children:
-        cells = wait_for(lambda: (c := row_cells(browser, run.info.run_id)).get(energy_column) and c,
-                         UI_TIMEOUT_SECONDS, lambda: f"no energy cell for {run.info.run_name}: {row_cells(browser, run.info.run_id)}")
-        link = browser.find_element(By.CSS_SELECTOR, f'[row-id="{run.info.run_id}"] a[href$="/runs/{run.info.run_id}"]')
+        run_id = run.info.run_id
+        cells = wait_for(lambda: (c := row_cells(browser, run_id)).get(energy_column) and c, UI_TIMEOUT_SECONDS,
+                         lambda: f"no energy cell for {run.info.run_name}: {row_cells(browser, run_id)}")
+        link = browser.find_element(By.CSS_SELECTOR, f'[row-id="{run_id}"] a[href$="/runs/{run_id}"]')
         assert link.is_displayed() and link.text == run.info.run_name
+        assert "energy_total_j" in run.data.metrics, run.data.tags.get("energy_flags")
         assert cells[method_column] == run.data.tags["method"]
         assert float(cells[energy_column]) == pytest.approx(run.data.metrics["energy_total_j"], rel=1e-9)
     assert row_cells(browser, parent_id)[method_column] == "-"  # the parent measures nothing

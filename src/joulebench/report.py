@@ -213,7 +213,9 @@ def latest_per_config(runs: list[RunRecord]) -> list[RunRecord]:
 History = Callable[[str, str], list[tuple[int, float]]]  # (run id, metric) → [(step, value)]
 
 
-def summarise_group(rows: dict[RowKey, list[RunRecord]], target_fraction: float, history: History) -> list[Row]:
+def summarise_group(
+    rows: dict[RowKey, list[RunRecord]], target_fraction: float, history: History
+) -> list[Row]:
     """Estimates, energy-to-accuracy and ratios for every row of one group, baselines first."""
     summarised = [Row(key, runs) for key, runs in sorted(rows.items(), key=_row_order)]
     baselines = {(row.key.model, row.key.image_size): row for row in summarised if row.is_baseline}
@@ -304,8 +306,8 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     for row in rows:
         line = [row.key.model, row.key.image_size, row.key.method, str(len(row.runs))]
         for metric in METRICS:
-            missing = row.energy_to_accuracy_note if metric.key == ENERGY_TO_ACCURACY else "not measured"
-            line.append(format_estimate(row.estimates.get(metric.key), metric.scale, missing or "not measured"))
+            missing = (metric.key == ENERGY_TO_ACCURACY and row.energy_to_accuracy_note) or "not measured"
+            line.append(format_estimate(row.estimates.get(metric.key), metric.scale, missing))
         line.append(row.energy_source)
         line += [format_ratio(row.ratios[key]) for key in TABLE_RATIOS]
         cells.append(line)
@@ -363,7 +365,9 @@ def plot_energy_by_model(rows: list[Row], path: Path) -> bool:
     width = 0.8 / len(methods)
     figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(models) * len(methods) ** 0.5), 4.5))
     for index, method in enumerate(methods):
-        by_model = {row.key.model: row.estimates["energy_train_j"] for row in measured if row.key.method == method}
+        by_model = {
+            row.key.model: row.estimates["energy_train_j"] for row in measured if row.key.method == method
+        }
         means = [by_model[m].mean / 1e3 if m in by_model else np.nan for m in models]
         errors = [(by_model[m].ci95 or 0) / 1e3 if m in by_model else 0 for m in models]
         positions = np.arange(len(models)) + (index - (len(methods) - 1) / 2) * width
@@ -415,8 +419,11 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
 
 def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:
     """Energy ratio vs FLOP ratio to baseline: on the diagonal, the saved energy is saved compute."""
-    points = [(row.key.method, row.key.model, row.ratios["flops_per_sample"].value, row.ratios["energy_train_j"].value)
-              for row in rows if not row.is_baseline]
+    points = [
+        (row.key.method, row.key.model,
+         row.ratios["flops_per_sample"].value, row.ratios["energy_train_j"].value)
+        for row in rows if not row.is_baseline
+    ]
     points = [point for point in points if point[2] and point[3]]
     if not points:
         return False
@@ -427,7 +434,8 @@ def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:
         mine = [(model, flops, energy) for m, model, flops, energy in points if m == method]
         axes.scatter([flops for _, flops, _ in mine], [energy for *_, energy in mine], label=method, zorder=3)
         for model, flops, energy in mine:
-            axes.annotate(model, (flops, energy), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+            axes.annotate(model, (flops, energy), fontsize="x-small", xytext=(3, 3),
+                          textcoords="offset points")
     limit = max([1.2, *axes.get_xlim(), *axes.get_ylim()])
     axes.plot([0, limit], [0, limit], color="grey", linestyle="--", label="energy falls as FLOPs fall")
     axes.set_xlim(0, limit)
@@ -468,7 +476,9 @@ class Report:
     report_run_id: str | None = None
 
 
-def build_report(runs: list[RunRecord], target_fraction: float, history: History) -> list[tuple[GroupKey, list[Row]]]:
+def build_report(
+    runs: list[RunRecord], target_fraction: float, history: History
+) -> list[tuple[GroupKey, list[Row]]]:
     """The groups, each with its rows summarised; a config hash counts once (its latest run)."""
     groups = group_runs(latest_per_config(runs))
     return [(key, summarise_group(rows, target_fraction, history))
@@ -538,7 +548,10 @@ def parse_target_fraction(text: str) -> float:
     except ValueError:
         value = math.nan
     if not 0 < value <= 1:
-        raise ConfigError(f"--target-fraction must be a number in (0, 1], got {text!r}; e.g. 0.99 (99 % of the baseline's accuracy)")
+        raise ConfigError(
+            f"--target-fraction must be a number in (0, 1], got {text!r}; "
+            "e.g. 0.99 (99 % of the baseline's accuracy)"
+        )
     return value
 
 

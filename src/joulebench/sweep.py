@@ -131,7 +131,8 @@ def parse_method_overrides(pairs: Iterable[str], methods: list[str]) -> dict[str
         method, dot, setting = pair.partition(".")
         if not dot or "=" not in setting or not method:
             raise ConfigError(
-                f"--param {pair!r} must be METHOD.KEY=VALUE (it applies to that method only); e.g. --param prune.amount=0.7"
+                f"--param {pair!r} must be METHOD.KEY=VALUE (it applies to that method only); "
+                "e.g. --param prune.amount=0.7"
             )
         if method not in methods:
             known = method in method_names()
@@ -442,11 +443,15 @@ def load_backend_config(path: Path) -> tuple[dict[str, Any], Path]:
     ``kube-job-template-path`` is taken relative to it (MLflow would take the cwd).
     """
     if not path.is_file():
-        raise ConfigError(f"--backend-config {path} does not exist; copy deploy/kubernetes/backend-config.json and edit it")
+        raise ConfigError(
+            f"--backend-config {path} does not exist; copy deploy/kubernetes/backend-config.json and edit it"
+        )
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ConfigError(f"--backend-config {path} is not valid JSON ({error}); see deploy/kubernetes/backend-config.json") from None
+        raise ConfigError(
+            f"--backend-config {path} is not valid JSON ({error}); see deploy/kubernetes/backend-config.json"
+        ) from None
     missing = [key for key in KUBERNETES_CONFIG_KEYS if not isinstance(config, dict) or not config.get(key)]
     if missing:
         raise ConfigError(
@@ -455,7 +460,9 @@ def load_backend_config(path: Path) -> tuple[dict[str, Any], Path]:
         )
     project_dir = path.resolve().parent
     if not (project_dir / "MLproject").is_file():
-        raise ConfigError(f"no MLproject beside {path}; keep backend-config.json in a copy of deploy/kubernetes/")
+        raise ConfigError(
+            f"no MLproject beside {path}; keep backend-config.json in a copy of deploy/kubernetes/"
+        )
     template = Path(config["kube-job-template-path"])
     template = template if template.is_absolute() else project_dir / template
     check_job_template(template)
@@ -466,7 +473,10 @@ def check_job_template(path: Path) -> None:
     """The Job template, with the keys MLflow fills in (it raises KeyError deep inside otherwise)."""
     where = f"job template {path}"
     if not path.is_file():
-        raise ConfigError(f"{where} does not exist; set kube-job-template-path to deploy/kubernetes/job-template.yaml or a copy")
+        raise ConfigError(
+            f"{where} does not exist; set kube-job-template-path to "
+            "deploy/kubernetes/job-template.yaml or a copy of it"
+        )
     try:
         job = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -481,7 +491,10 @@ def check_job_template(path: Path) -> None:
         if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
             problems.append("spec.template.spec.containers with one container")
     if problems:
-        raise ConfigError(f"{where} lacks {problems[0]}, which MLflow's Kubernetes backend fills in; start from deploy/kubernetes/job-template.yaml")
+        raise ConfigError(
+            f"{where} lacks {problems[0]}, which MLflow's Kubernetes backend fills in; "
+            "start from deploy/kubernetes/job-template.yaml"
+        )
 
 
 def kubernetes_run_device(requested: str) -> str:
@@ -519,7 +532,8 @@ class KubernetesRunner:
         try:
             for combination in todo:
                 project_run = self._submit(
-                    self._project_dir, KUBERNETES_ENTRY_POINT, combination.kubernetes_parameters(self._parent_run_id),
+                    self._project_dir, KUBERNETES_ENTRY_POINT,
+                    combination.kubernetes_parameters(self._parent_run_id),
                     dict(self._backend_config), self._experiment_id, combination.label,
                 )
                 tracking.adopt_child(project_run.run_id, self._parent_run_id)
@@ -532,7 +546,9 @@ class KubernetesRunner:
                     tracking.close_if_open(run_id, "KILLED")
             raise
 
-    def _wait(self, submitted: dict[str, tuple[Combination, ProjectRun, float]], progress: Progress) -> list[Outcome]:
+    def _wait(
+        self, submitted: dict[str, tuple[Combination, ProjectRun, float]], progress: Progress
+    ) -> list[Outcome]:
         outcomes = []
         pending = dict(submitted)
         while pending:
@@ -598,7 +614,9 @@ def run_sweep(
     method_list = parse_names(methods, "--methods", method_names())
     overrides = parse_method_overrides(params, method_list)
     slots, run_device, kubernetes = _placement(gpus, backend, backend_config, options["device"])
-    combinations = expand_grid(model_list, method_list, parse_repeats(repeats), overrides, options, run_device)
+    combinations = expand_grid(
+        model_list, method_list, parse_repeats(repeats), overrides, options, run_device
+    )
 
     experiment = options["experiment"]
     parent = tracking.open_sweep_run(
@@ -609,13 +627,14 @@ def run_sweep(
     )
     finished = set() if force else tracking.finished_config_hashes(parent.experiment_id)
     todo = [c for c in combinations if c.config_hash not in finished]
+    skipped = len(combinations) - len(todo)
     bars = progress and sys.stderr.isatty()
     with TemporaryDirectory(prefix="joulebench-sweep-") as scratch:
         runner = (
             KubernetesRunner(kubernetes[0], kubernetes[1], parent.run_id, parent.experiment_id)
             if kubernetes else LocalRunner(slots, parent.run_id, Path(scratch))
         )
-        meter = Progress(len(combinations), len(combinations) - len(todo), 0 if kubernetes else len(slots), bars)
+        meter = Progress(len(combinations), skipped, 0 if kubernetes else len(slots), bars)
         status = "FAILED"
         try:
             outcomes = runner.run(todo, meter)
@@ -633,7 +652,7 @@ def run_sweep(
         finally:
             meter.close()
             tracking.end_sweep_run(parent.run_id, status, Path(scratch))
-    return SweepSummary(parent.run_id, parent.resumed, len(combinations), len(combinations) - len(todo), outcomes)
+    return SweepSummary(parent.run_id, parent.resumed, len(combinations), skipped, outcomes)
 
 
 def _placement(
@@ -642,16 +661,25 @@ def _placement(
     """Where children run: slots (local), the device they resolve, the Kubernetes backend."""
     if backend == "kubernetes":
         if gpus:
-            raise ConfigError("--gpus is for local runs; with --backend kubernetes the job template's nvidia.com/gpu places runs")
+            raise ConfigError(
+                "--gpus is for local runs; with --backend kubernetes the job template's "
+                "nvidia.com/gpu places runs: drop --gpus"
+            )
         if backend_config is None:
-            raise ConfigError("--backend kubernetes needs --backend-config FILE (start from deploy/kubernetes/backend-config.json)")
+            raise ConfigError(
+                "--backend kubernetes needs --backend-config FILE "
+                "(start from deploy/kubernetes/backend-config.json)"
+            )
         tracking.check_cluster_reachable_store()
         return [None], kubernetes_run_device(device), load_backend_config(backend_config)
     if backend_config is not None:
-        raise ConfigError("--backend-config is only read with --backend kubernetes; add that or drop --backend-config")
+        raise ConfigError(
+            "--backend-config is only read with --backend kubernetes; add that or drop --backend-config"
+        )
     if not gpus:
         return [None], None, None
     import torch  # only --gpus needs to count devices
 
     indices = parse_gpus(gpus, torch.cuda.device_count())
-    return list(pinned_device_ids(indices, os.environ.get("CUDA_VISIBLE_DEVICES"))), pinned_run_device(device, "--gpus"), None
+    slots = pinned_device_ids(indices, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return list(slots), pinned_run_device(device, "--gpus"), None
