@@ -255,7 +255,7 @@ def test_kubernetes_submissions_rebuild_the_sweeps_config_in_the_pod():
     No GPU here: the pod resolves --device cuda:0 to itself, so the config is rebuilt on cpu
     and given the pod's device, as the sweep does.
     """
-    combinations = grid(["tinynet"], ["baseline", "prune"], 2, {"prune": ("amount=0.7",)},
+    combinations = grid(["tinynet"], ["baseline", "prune"], 2, {"prune": ("amount=0.7", "structured=true")},
                         "--weights", "none", "--limit-train-batches", "3", run_device="cuda:0")
     entry_point = load_project(str(DEPLOY)).get_entry_point(KUBERNETES_ENTRY_POINT)
     prune = combinations[1].kubernetes_parameters("PARENT")
@@ -264,7 +264,7 @@ def test_kubernetes_submissions_rebuild_the_sweeps_config_in_the_pod():
         "dataset": "digits", "data_dir": "data/datasets", "weights": "none", "epochs": "3", "batch_size": "64",
         "lr": "0.001", "optimizer": "adam", "seed": "0", "image_size": "32", "device": "cuda:0",
         "limit-train-batches": "3", "experiment": "joulebench", "country": "USA", "idle_seconds": "5.0",
-        "inference_batches": "10", "sample_hz": "10.0", "repeat": "0", "param": "amount=0.7",
+        "inference_batches": "10", "sample_hz": "10.0", "repeat": "0", "param": "amount=0.7,structured=true",
     }
     for combination in combinations:
         command = shlex.split(entry_point.compute_command(combination.kubernetes_parameters("PARENT"), None))
