@@ -164,3 +164,11 @@ def test_a_rank_that_saves_no_parameters_leaves_the_layer_and_says_why():
         "layer": "0", "reason": "rank 30 would not reduce the parameters of its 40×30 matrix"
     }
     assert report.after == report.before
+
+
+def test_an_all_zero_layer_is_left_and_reported():
+    model = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 10))
+    nn.init.zeros_(model[0].weight)
+    model, report = compress(lowrank("energy=0.9"), model, torch.randn(2, 30))
+    assert isinstance(model[0], nn.Linear)
+    assert report.facts["skipped"][0] == {"layer": "0", "reason": "all its weights are zero"}

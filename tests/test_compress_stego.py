@@ -51,11 +51,22 @@ def low_bits_of_every_weight(model: nn.Module, bits: int) -> torch.Tensor:
     return torch.cat([p.detach().view(torch.int32).flatten() & ((1 << bits) - 1) for p in model.parameters()])
 
 
+def overwrite_each(patterns: list[int], together: bool, bits: int, payload: int | None = None) -> list[int]:
+    """Overwrite the patterns in one tensor (inf/nan among them: the masked path) or each in
+    its own tensor (finite ones take the one-pass path); return the resulting patterns."""
+    groups = [patterns] if together else [[p] for p in patterns]
+    result = []
+    for group in groups:
+        fill = None if payload is None else torch.full((len(group),), payload, dtype=torch.int32)
+        result += as_patterns(overwrite_low_bits_(as_float32(group), bits, fill))
+    return result
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one_tensor", "tensor_per_value"])
 @pytest.mark.parametrize("bits", [0, 1, 7, 16, 23])
-def test_bit_patterns_equal_the_integer_masked_value_and_leave_inf_nan_alone(bits):
-    overwritten = overwrite_low_bits_(as_float32(PATTERNS), bits)
+def test_bit_patterns_equal_the_integer_masked_value_and_leave_inf_nan_alone(bits, together):
     expected = [p if p in NON_FINITE else p & ~((1 << bits) - 1) & 0xFFFFFFFF for p in PATTERNS]
-    assert as_patterns(overwritten) == expected
+    assert overwrite_each(PATTERNS, together, bits) == expected
 
 
 def test_sixteen_bits_of_pi_and_minus_e_are_the_bfloat16_truncations():
@@ -63,12 +74,10 @@ def test_sixteen_bits_of_pi_and_minus_e_are_the_bfloat16_truncations():
     assert overwritten.tolist() == [3.140625, -2.703125]
 
 
-def test_random_payload_fills_the_low_bits_and_keeps_the_high_bits_of_finite_values():
-    original = as_float32(PATTERNS)
-    payload = torch.full((len(PATTERNS),), 0b1011, dtype=torch.int32)
-    overwritten = overwrite_low_bits_(original.clone(), 4, payload)
+@pytest.mark.parametrize("together", [True, False], ids=["one_tensor", "tensor_per_value"])
+def test_random_payload_fills_the_low_bits_and_keeps_the_high_bits_of_finite_values(together):
     expected = [p if p in NON_FINITE else (p & ~0xF | 0b1011) & 0xFFFFFFFF for p in PATTERNS]
-    assert as_patterns(overwritten) == expected
+    assert overwrite_each(PATTERNS, together, 4, payload=0b1011) == expected
 
 
 def test_after_sixteen_bits_every_weight_round_trips_through_bfloat16_rounded_toward_zero():
