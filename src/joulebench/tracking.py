@@ -139,7 +139,9 @@ class Recorder:
         if not rows:
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        # Columns from every row: an epoch too short to measure has no energy keys.
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
         mlflow.log_text(buffer.getvalue(), name)
