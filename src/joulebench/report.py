@@ -448,6 +448,18 @@ def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:
     return True
 
 
+def _nothing_to_plot(path: Path, name: str) -> None:
+    """A figure saying why ``name`` has no points (the HTML page leaves it out)."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.axis("off")
+    axes.text(0.5, 0.5, f"{name.replace('_', ' ')}: nothing to plot\n(no measured training energy, "
+              "or no baseline to compare with;\nsee the runs' energy_flags tags)",
+              ha="center", va="center", wrap=True)
+    _save(figure, path)
+
+
 def _save(figure: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -500,9 +512,15 @@ def write_report(groups: list[tuple[GroupKey, list[Row]]], out: Path) -> list[Pa
     sections, plots = [], []
     for index, (group, rows) in enumerate(groups):
         suffix = "" if len(groups) == 1 else f"_{index + 1}"
-        images = [path for name, plot in PLOTS if plot(rows, path := out / f"{name}{suffix}.png")]
+        images = []
+        for name, plot in PLOTS:
+            path = out / f"{name}{suffix}.png"
+            if plot(rows, path):
+                images.append(path)
+            else:  # the file still exists, so pipelines that declare it (dvc.yaml) always find it
+                _nothing_to_plot(path, name)
+            plots.append(path)
         sections.append((group, table_rows(rows), images))
-        plots += images
     md_path.write_text(_markdown(sections))
     html_path.write_text(_html(sections))
     return [csv_path, md_path, html_path, *plots]
