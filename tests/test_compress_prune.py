@@ -3,9 +3,10 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from joulebench.compress import build_method, compress, model_stats, parse_method_params
-from joulebench.compress.prune import masked_weights, prune_channels
+from joulebench.compress.prune import masked_weights, prunable_weights, prune_channels
 from joulebench.models import build_model
 
 
@@ -134,3 +135,27 @@ def test_channel_pruning_keeps_the_auxiliary_head_of_inception_consistent():
     model.train()
     logits, aux_logits = model(inputs)
     assert logits.shape == aux_logits.shape == (2, 10)
+
+
+def test_threshold_selection_masks_exactly_what_l1unstructured_masks():
+    torch.manual_seed(2)
+    ours, reference = (nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)) for _ in range(2))
+    reference.load_state_dict(ours.state_dict())
+    compress(prune("amount=0.37"), ours, torch.randn(2, 3, 8, 8))
+    torch_prune.global_unstructured(prunable_weights(reference), torch_prune.L1Unstructured, amount=0.37)
+    assert all(torch.equal(a, b) for a, b in zip(ours.buffers(), reference.buffers()))
+
+
+def test_ties_at_the_threshold_still_mask_exactly_the_amount():
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10))
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.copy_(torch.randn(10, 10).sign())  # 200 weights, all of magnitude 1
+    compress(prune("amount=0.3"), model, torch.randn(2, 10))
+    assert zeros_and_total(model) == (60, 200)
+
+
+def test_an_amount_that_rounds_to_no_weight_masks_none():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))  # 20 weights: 0.02 × 20 rounds to 0
+    _, report = compress(prune("amount=0.02"), model, torch.randn(2, 3))
+    assert (report.facts["zero_weights"], report.facts["pruned_weights"]) == (0, 20)
