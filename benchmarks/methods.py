@@ -4,8 +4,8 @@ For each model (random init, 10 classes) every arm is built and compressed once;
 of timed training steps — joulebench's own ``train_epoch``: forward under the method's
 autocast, cross-entropy, backward, Adam step, the method's ``after_optimizer_step`` — run arm
 after arm, interleaved round by round so that a busy neighbour slows every arm alike. Each
-arm's first step is an untimed warm-up (Adam allocates its state there). The inputs are random
-images: step time does not depend on their content.
+arm first takes an untimed two-sample warm-up step (Adam allocates its state there). The
+inputs are random images: step time does not depend on their content.
 
 Arms: baseline · stego (bits=16: bfloat16 autocast) · stego bits=8 (float32 compute: the cost
 of re-imposing the bits alone) · prune (masked) · prune structured=true · lowrank ·
@@ -17,7 +17,10 @@ and in CPU seconds of this process (on a host shared with other jobs the wall cl
 measures the neighbours; CPU seconds measure the work done here).
 
     python benchmarks/methods.py [--models resnet18,vgg16] [--device cpu] [--size 32]
-                                 [--batch-size 32] [--rounds 3] [--steps 1]
+                                 [--batch-size 32] [--rounds 2] [--steps 1]
+
+On a CPU without native bfloat16 (AVX2 only) PyTorch runs bfloat16 convolutions with its
+reference kernels (aten::_slow_conv2d), so the stego arm alone takes most of the run.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--size", type=int, default=32, help="input image size in pixels")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per arm, interleaved")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds per arm, interleaved")
     parser.add_argument("--steps", type=int, default=1, help="training steps per arm per round")
     return parser.parse_args()
 
@@ -104,8 +107,11 @@ def benchmark_model(model_name: str, args: argparse.Namespace, device: torch.dev
     for method_name, pairs in ARMS:
         arms.append(build_arm(model_name, method_name, pairs, batches[0][0][:2]))
         print(f"  built {model_name} {arms[-1].label}: compress {arms[-1].compress_seconds:.1f} s", flush=True)
+    warm_up = [(images[:2], labels[:2]) for images, labels in batches[:1]]
     for arm in arms:
-        timed_steps(arm, batches[:1], device)  # warm-up: Adam state, autocast caches, allocator
+        # Adam allocates its state in the first step; two samples suffice for that and keep
+        # the warm-up cheap where a step is slow (bfloat16 convolutions on CPUs without it).
+        timed_steps(arm, warm_up, device)
     for round_index in range(args.rounds):
         for arm in arms:
             wall, cpu = timed_steps(arm, batches, device)
