@@ -103,14 +103,23 @@ def test_energy_chooses_the_fewest_singular_values_holding_the_share():
     assert energy_rank(matrix, 0.5) == 1  # 16/30 = 0.533
     assert energy_rank(matrix, 0.8) == 2  # 25/30 = 0.833
     assert energy_rank(matrix, 0.9) == 3  # 29/30 = 0.967
-    # all of it includes float32's rounding noise in the 26 zero singular values: full rank
-    assert energy_rank(matrix, 1.0) == 30
+    assert energy_rank(matrix, 0.99) == 4  # 30/30
     model = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 10))
     with torch.no_grad():
         model[0].weight.copy_(matrix)
     model, report = compress(lowrank("energy=0.8"), model, torch.randn(2, 30))
     assert [(entry["layer"], entry["rank"]) for entry in report.facts["layers"]] == [("0", 2)]
     assert report.facts["layers"][0]["relative_error"] == pytest.approx(math.sqrt(5 / 30), rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(60, 200), (200, 60)])
+def test_energy_rank_from_the_gram_matrix_matches_the_exact_spectrum(shape):
+    torch.manual_seed(0)
+    matrix = torch.randn(*shape) @ torch.diag(torch.linspace(3, 0.1, shape[1]))  # uneven spectrum
+    squares = singular_values(matrix).square()
+    cumulative = squares.cumsum(0) / squares.sum()
+    for energy in (0.3, 0.6, 0.9, 0.97):
+        assert energy_rank(matrix, energy) == int((cumulative < energy).sum()) + 1
 
 
 class SmallNet(nn.Module):
