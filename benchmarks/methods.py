@@ -33,7 +33,9 @@ from pathlib import Path
 
 import torch
 
-from joulebench.compress import CompressionReport, Method, build_method, compress, parse_method_params
+from joulebench.compress import (
+    CompressionReport, Method, build_method, compress, parse_method_params,
+)
 from joulebench.models import build_model
 from joulebench.train import autocast_context, train_epoch
 
@@ -73,7 +75,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build_arm(model_name: str, method_name: str, pairs: tuple[str, ...], example: torch.Tensor) -> Arm:
+def build_arm(
+    model_name: str, method_name: str, pairs: tuple[str, ...], example: torch.Tensor
+) -> Arm:
     torch.manual_seed(0)
     model = build_model(model_name, 10).to(example.device)
     method = build_method(method_name, parse_method_params(method_name, pairs))
@@ -85,7 +89,9 @@ def build_arm(model_name: str, method_name: str, pairs: tuple[str, ...], example
     return Arm(label, model, method, report, optimizer, compress_seconds)
 
 
-def timed_steps(arm: Arm, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> tuple[float, float]:
+def timed_steps(
+    arm: Arm, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> tuple[float, float]:
     """Wall and CPU seconds of ``train_epoch`` over ``batches`` (it reads the loss back at the
     end, so queued GPU work is finished when the clock stops)."""
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # no arm autocasts to float16
@@ -105,8 +111,9 @@ def benchmark_model(model_name: str, args: argparse.Namespace, device: torch.dev
     ]
     arms = []
     for method_name, pairs in ARMS:
-        arms.append(build_arm(model_name, method_name, pairs, batches[0][0][:2]))
-        print(f"  built {model_name} {arms[-1].label}: compress {arms[-1].compress_seconds:.1f} s", flush=True)
+        arm = build_arm(model_name, method_name, pairs, batches[0][0][:2])
+        print(f"  built {model_name} {arm.label}: compress {arm.compress_seconds:.1f} s", flush=True)
+        arms.append(arm)
     warm_up = [(images[:2], labels[:2]) for images, labels in batches[:1]]
     for arm in arms:
         # Adam allocates its state in the first step; two samples suffice for that and keep
@@ -134,8 +141,11 @@ def print_table(model_name: str, arms: list[Arm]) -> None:
         flops = arm.report.after.flops_per_sample / baseline.report.after.flops_per_sample
         params = arm.report.after.parameters / baseline.report.after.parameters
         spread = f"{min(arm.wall) * 1e3:.0f}–{max(arm.wall) * 1e3:.0f}"
-        print(f"  {arm.label:26s} {flops:7.3f} {params:7.3f} {median_ratio(arm.wall, baseline.wall):9.2f} "
-              f"{median_ratio(arm.cpu, baseline.cpu):9.2f} {statistics.median(arm.wall) * 1e3:12.0f} {spread:>14s}")
+        wall = median_ratio(arm.wall, baseline.wall)
+        cpu = median_ratio(arm.cpu, baseline.cpu)
+        milliseconds = statistics.median(arm.wall) * 1e3
+        print(f"  {arm.label:26s} {flops:7.3f} {params:7.3f} {wall:9.2f} {cpu:9.2f} "
+              f"{milliseconds:12.0f} {spread:>14s}")
 
 
 def describe_host(device: torch.device) -> str:
@@ -152,7 +162,8 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     print(describe_host(device))
-    print(f"{args.size} px, batch {args.batch_size}, Adam, {args.rounds} rounds × {args.steps} step(s) per arm")
+    print(f"{args.size} px, batch {args.batch_size}, Adam, "
+          f"{args.rounds} rounds × {args.steps} step(s) per arm")
     started = time.perf_counter()
     for model_name in args.models.split(","):
         arms = benchmark_model(model_name, args, device)

@@ -27,12 +27,14 @@ def test_each_bits_value_evaluates_a_fresh_truncated_copy_and_the_model_is_untou
             return float(candidate(probe).sum())
 
     curve = capacity_curve(model, evaluate, [0, 4, 12, 23])
+    weight, bias = original["weight"], original["bias"]
     expected = [
-        (bits, float((probe @ truncated(original["weight"], bits).T + truncated(original["bias"], bits)).sum()))
+        (bits, float((probe @ truncated(weight, bits).T + truncated(bias, bits)).sum()))
         for bits in (0, 4, 12, 23)
     ]
     assert [bits for bits, _ in curve] == [bits for bits, _ in expected]
-    assert [value for _, value in curve] == pytest.approx([value for _, value in expected], rel=1e-6)
+    values, expected_values = [v for _, v in curve], [v for _, v in expected]
+    assert values == pytest.approx(expected_values, rel=1e-6)
     assert curve[0][1] != curve[-1][1]
     assert len({id(candidate) for candidate in seen}) == 4 and model not in seen
     assert all(torch.equal(original[name], p) for name, p in model.named_parameters())
@@ -95,7 +97,8 @@ def test_largest_safe_bits_needs_the_untouched_reference():
 
 
 def test_plot_is_a_png_of_the_requested_size(tmp_path):
-    path = plot_capacity([(0, 0.9), (8, 0.9), (16, 0.89), (23, 0.1)], tmp_path / "capacity.png", "resnet18")
+    curve = [(0, 0.9), (8, 0.9), (16, 0.89), (23, 0.1)]
+    path = plot_capacity(curve, tmp_path / "capacity.png", "resnet18")
     pixels = matplotlib.image.imread(path)
     assert pixels.shape == (400, 700, 4)  # 7 × 4 inches at 100 dpi, RGBA
     assert len(torch.unique(torch.from_numpy(pixels).reshape(-1, 4), dim=0)) > 10

@@ -29,7 +29,8 @@ def pristine(name: str) -> nn.Module:
 
 
 def low_bits(model: nn.Module, bits: int) -> int:
-    return sum(int((p.detach().view(torch.int32) & ((1 << bits) - 1)).count_nonzero()) for p in model.parameters())
+    low = (1 << bits) - 1
+    return sum(int((p.detach().view(torch.int32) & low).count_nonzero()) for p in model.parameters())
 
 
 @pytest.mark.slow

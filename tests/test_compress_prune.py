@@ -58,7 +58,8 @@ def test_global_sparsity_is_exactly_amount_before_and_after_training(amount):
     assert zeros == round(amount * total)
     assert report.facts["sparsity"] == zeros / total
     assert report.after.nonzero_parameters == report.before.nonzero_parameters - zeros
-    assert report.after.flops_per_sample == report.before.flops_per_sample  # masks keep dense compute
+    # the masks keep the dense compute
+    assert report.after.flops_per_sample == report.before.flops_per_sample
     masks = {name: mask.clone() for name, mask in model.named_buffers() if name.endswith("_mask")}
     assert len(masks) == 4
     train_steps(model, method, inputs)
@@ -69,10 +70,10 @@ def test_global_sparsity_is_exactly_amount_before_and_after_training(amount):
 def test_the_smallest_magnitudes_across_all_layers_are_the_ones_pruned():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
-    magnitudes = torch.cat([model[0].weight.detach().abs().flatten(), model[2].weight.detach().abs().flatten()])
+    magnitudes = torch.cat([model[i].weight.detach().abs().flatten() for i in (0, 2)])
     threshold = magnitudes.sort().values[round(0.5 * magnitudes.numel()) - 1]
     compress(prune(), model, torch.randn(2, 20))
-    kept = torch.cat([model[0].weight.detach().flatten(), model[2].weight.detach().flatten()])
+    kept = torch.cat([model[i].weight.detach().flatten() for i in (0, 2)])
     assert torch.equal(kept == 0, magnitudes <= threshold)
 
 
@@ -131,7 +132,8 @@ def test_channel_pruning_keeps_the_auxiliary_head_of_inception_consistent():
     assert sorted(s["layer"] for s in facts["skipped"]) == ["AuxLogits.fc", "fc"]
     block = model.Mixed_6e  # its four branches are concatenated into AuxLogits' input
     branches = (block.branch1x1, block.branch7x7_3, block.branch7x7dbl_5, block.branch_pool)
-    assert model.AuxLogits.conv0.conv.in_channels == sum(b.conv.out_channels for b in branches) < 768
+    aux_inputs = model.AuxLogits.conv0.conv.in_channels
+    assert aux_inputs == sum(branch.conv.out_channels for branch in branches) < 768
     model.train()
     logits, aux_logits = model(inputs)
     assert logits.shape == aux_logits.shape == (2, 10)
@@ -139,10 +141,14 @@ def test_channel_pruning_keeps_the_auxiliary_head_of_inception_consistent():
 
 def test_threshold_selection_masks_exactly_what_l1unstructured_masks():
     torch.manual_seed(2)
-    ours, reference = (nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)) for _ in range(2))
+    ours, reference = (
+        nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)) for _ in range(2)
+    )
     reference.load_state_dict(ours.state_dict())
     compress(prune("amount=0.37"), ours, torch.randn(2, 3, 8, 8))
-    torch_prune.global_unstructured(prunable_weights(reference), torch_prune.L1Unstructured, amount=0.37)
+    torch_prune.global_unstructured(
+        prunable_weights(reference), torch_prune.L1Unstructured, amount=0.37
+    )
     assert all(torch.equal(a, b) for a, b in zip(ours.buffers(), reference.buffers()))
 
 

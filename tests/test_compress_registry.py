@@ -61,5 +61,6 @@ def test_a_bad_value_is_one_line_naming_the_parameter_and_what_is_accepted(metho
 def test_an_unknown_parameter_lists_the_accepted_ones():
     with pytest.raises(ConfigError) as error:
         parse_method_params("prune", ["rank_ratio=0.5"])
-    assert str(error.value).startswith("method 'prune' has no parameter 'rank_ratio'; accepted: amount (")
-    assert "structured (" in str(error.value)
+    message = str(error.value)
+    assert message.startswith("method 'prune' has no parameter 'rank_ratio'; accepted: amount (")
+    assert "structured (" in message

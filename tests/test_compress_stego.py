@@ -48,10 +48,13 @@ def tiny_model() -> nn.Module:
 
 
 def low_bits_of_every_weight(model: nn.Module, bits: int) -> torch.Tensor:
-    return torch.cat([p.detach().view(torch.int32).flatten() & ((1 << bits) - 1) for p in model.parameters()])
+    low = (1 << bits) - 1
+    return torch.cat([p.detach().view(torch.int32).flatten() & low for p in model.parameters()])
 
 
-def overwrite_each(patterns: list[int], together: bool, bits: int, payload: int | None = None) -> list[int]:
+def overwrite_each(
+    patterns: list[int], together: bool, bits: int, payload: int | None = None
+) -> list[int]:
     """Overwrite the patterns in one tensor (inf/nan among them: the masked path) or each in
     its own tensor (finite ones take the one-pass path); return the resulting patterns."""
     groups = [patterns] if together else [[p] for p in patterns]

@@ -120,7 +120,9 @@ class Stego(Method):
             "zero", str.lower, "zero (the compression, default) or random (a seeded payload)",
             lambda fill: fill in FILLS,
         ),
-        "seed": ParamSpec(0, int, "an integer ≥ 0 seeding fill=random (default 0)", lambda s: s >= 0),
+        "seed": ParamSpec(
+            0, int, "an integer ≥ 0 seeding fill=random (default 0)", lambda seed: seed >= 0
+        ),
         "dtype": ParamSpec(
             "bfloat16", str.lower,
             "bfloat16 (default) or float16 (CUDA only) for the compute when bits ≥ 16",
