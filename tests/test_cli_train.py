@@ -98,7 +98,7 @@ BAD_INPUTS = [
     (["--epochs", "many"], "--epochs must be a whole number > 0"),
     (["--batch-size", "0"], "--batch-size must be > 0"),
     (["--lr", "-1"], "--lr must be > 0"),
-    (["--model", "inception_v3", "--weights", "none", "--image-size", "32"], "minimum of 75"),
+    (["--model", "inception_v3", "--weights", "none", "--image-size", "32"], "minimum of 299"),
     (["--dataset", "cifar10"], "dvc pull"),
     (["--model", "resnet18", "--weights", "imagenet"], "joulebench fetch weights --model resnet18"),
     (["--model", "resnet18", "--weights", "corrupt.pth"], "truncated or corrupt"),

@@ -15,7 +15,7 @@ def test_defaults_resolved():
     cfg = config(model="resnet18", weights="imagenet", lr=None)
     assert (cfg.image_size, cfg.optimizer, cfg.lr, cfg.device) == (32, "adam", 0.001, "cpu")
     assert config(optimizer="sgd").lr == 0.01
-    assert config(model="inception_v3").image_size == 75
+    assert config(model="inception_v3").image_size == 299
     assert config(model="vit_b_16").image_size == 224
     assert config(epochs="4", batch_size="16", lr="0.5").epochs == 4
 
@@ -32,7 +32,7 @@ def test_defaults_resolved():
         ({"batch_size": "-8"}, "--batch-size must be > 0"),
         ({"lr": "0"}, "--lr must be > 0"),
         ({"lr": "fast"}, "--lr must be a number > 0"),
-        ({"model": "inception_v3", "image_size": "64"}, "below inception_v3's minimum of 75"),
+        ({"model": "inception_v3", "image_size": "75"}, "below inception_v3's minimum of 299"),
         ({"model": "vit_b_16", "image_size": "96"}, "takes only 224"),
         ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; accepted: sgd, adam"),
         ({"country": "France"}, "alpha-3"),

@@ -51,11 +51,11 @@ def test_squeezenet_conv_head_replaced():
 
 
 def test_image_size_limits():
-    assert image_sizes("inception_v3").minimum == 75
+    assert image_sizes("inception_v3").minimum == 299  # training minimum (aux head)
     assert image_sizes("vit_b_16").fixed == 224
     assert image_sizes("alexnet").minimum == 63
-    with pytest.raises(ConfigError, match="below inception_v3's minimum of 75"):
-        image_sizes("inception_v3").check("inception_v3", 74)
+    with pytest.raises(ConfigError, match="below inception_v3's minimum of 299"):
+        image_sizes("inception_v3").check("inception_v3", 298)
     with pytest.raises(ConfigError, match="takes only 224"):
         image_sizes("vit_b_16").check("vit_b_16", 32)
 

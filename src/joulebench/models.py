@@ -36,6 +36,9 @@ PAPER_MODELS: dict[str, int] = {
 }
 TINY_MODELS = ("tinynet",)
 DIGITS_IMAGE_SIZE = 32
+# torchvision's min_size is for inference; training also runs Inception's auxiliary head, whose
+# 5×5 conv needs the 17×17 Mixed_6e map that only a 299 px input gives (75 px works in eval only).
+TRAINING_MINIMUM = {"inception_v3": 299}
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,9 @@ def image_sizes(name: str) -> ImageSizes:
     """Input size limits from torchvision's weight metadata (ViTs are fixed at their size)."""
     if name in TINY_MODELS:
         return ImageSizes(minimum=8)
-    minimum = get_model_weights(name).DEFAULT.meta["min_size"][0]
-    fixed = minimum if name.startswith(("vit_", "swin_v2")) or minimum >= 224 else None
+    published = get_model_weights(name).DEFAULT.meta["min_size"][0]
+    fixed = published if name.startswith(("vit_", "swin_v2")) or published >= 224 else None
+    minimum = max(published, TRAINING_MINIMUM.get(name, 0))
     return ImageSizes(minimum=max(minimum, 1), fixed=fixed)
 
 
