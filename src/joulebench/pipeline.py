@@ -16,7 +16,7 @@ import torch
 from joulebench import energy
 from joulebench.compress import build_method
 from joulebench.config import RunConfig
-from joulebench.data import load_dataset
+from joulebench.data import DataSplits, load_dataset
 from joulebench.models import build_model, default_weights_path
 from joulebench.tracking import Recorder, config_params, environment_tags, recorded_run, ui_command
 from joulebench.capacity import capacity_curve, largest_safe_bits, plot_capacity
@@ -64,11 +64,16 @@ def measurements_table(monitor: energy.EnergyMonitor) -> list[dict[str, object]]
     ]
 
 
-def train_and_record(config: RunConfig, progress: bool) -> Summary:
-    """Build everything (bad input fails before any run exists), then train inside one run."""
+def load_data_and_model(config: RunConfig) -> tuple[DataSplits, torch.nn.Module]:
+    """The dataset splits and the model with its new head (bad input fails here, before any run)."""
     data = load_dataset(config.dataset, config.data_dir, config.image_size, config.seed)
     torch.manual_seed(config.seed)  # the new head's initialisation is part of the run's seed
-    model = build_model(config.model, data.num_classes, config.weights)
+    return data, build_model(config.model, data.num_classes, config.weights)
+
+
+def train_and_record(config: RunConfig, progress: bool) -> Summary:
+    """Build everything (bad input fails before any run exists), then train inside one run."""
+    data, model = load_data_and_model(config)
     method = build_method(config.method, config.method_params)
     tags = environment_tags(data.version) | {"model": config.model, "method": config.method}
     with TemporaryDirectory(prefix="joulebench-") as scratch:
@@ -138,9 +143,7 @@ def capacity_and_record(
     config: RunConfig, bits_values: list[int], fill: str, tolerance: float, progress: bool
 ) -> CapacitySummary:
     """Fine-tune ``config.epochs`` epochs, then overwrite 0…23 low-order bits and evaluate each."""
-    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.seed)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, data.num_classes, config.weights)
+    data, model = load_data_and_model(config)
     params = config_params(config, weights_source(config)) | {
         "capacity.bits_values": ",".join(map(str, bits_values)),
         "capacity.fill": fill,
