@@ -16,7 +16,7 @@ from joulebench.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """One tracker's whole life: a too-short window, a 1.3 s window, close."""
+    """One tracker's whole life: a too-short window, a 1.3 s window, a 0.2 s one, close."""
     output_dir = tmp_path_factory.mktemp("codecarbon")
     meter = CodeCarbonMeter("usa", output_dir)
     monitor = EnergyMonitor([meter])
@@ -24,10 +24,12 @@ def finished_run(tmp_path_factory):
         pass
     with monitor.window("idle") as idle:
         time.sleep(1.3)
+    with monitor.window("eval") as brief:  # shorter than measure_power_secs (1 s)
+        time.sleep(0.2)
     monitor.close()
     with (output_dir / "emissions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    return meter, monitor, short.measurement, idle.measurement, rows
+    return meter, monitor, short.measurement, idle.measurement, rows, brief.measurement
 
 
 def test_country_is_normalised_and_an_unknown_one_is_a_one_line_config_error(finished_run):
@@ -41,7 +43,7 @@ def test_country_is_normalised_and_an_unknown_one_is_a_one_line_config_error(fin
 
 
 def test_window_ram_energy_is_codecarbons_ram_power_times_the_window(finished_run):
-    _, _, _, idle, (row,) = finished_run
+    _, _, _, idle, (row,), _ = finished_run
     assert idle.sources == {"cpu": "codecarbon_estimate", "ram": "codecarbon_estimate"}
     assert idle.seconds >= 1.3 and idle.flags == ()
     # CodeCarbon models RAM power as a constant of the installed memory: our window must
@@ -50,16 +52,25 @@ def test_window_ram_energy_is_codecarbons_ram_power_times_the_window(finished_ru
     assert idle.joules["cpu"] > 0
 
 
-def test_window_shorter_than_measure_power_secs_is_flagged_not_zero(finished_run):
+def test_window_shorter_than_the_cpu_load_resolution_is_flagged_not_zero(finished_run):
     short = finished_run[2]
     assert short.joules == {} and short.total_joules is None
     (flag,) = short.flags
     assert flag.startswith("codecarbon_estimate: window of ")
-    assert flag.endswith("shorter than the meter's 1000 ms update period; cpu, ram not measured")
+    assert flag.endswith("shorter than the meter's 100 ms update period; cpu, ram not measured")
+
+
+def test_window_shorter_than_measure_power_secs_is_measured_at_its_edges(finished_run):
+    # Each edge forces a measurement, so a 0.2 s window (a fast eval pass) is not stale:
+    # its RAM energy is the constant RAM power times exactly this window.
+    brief, (row,) = finished_run[5], finished_run[4]
+    assert brief.flags == () and 0.2 <= brief.seconds < 0.5
+    assert brief.joules["ram"] / brief.seconds == pytest.approx(float(row["ram_power"]), rel=0.02)
+    assert brief.joules["cpu"] > 0
 
 
 def test_csv_is_written_once_at_close_and_carries_the_runs_co2(finished_run):
-    meter, monitor, _, idle, rows = finished_run
+    meter, monitor, _, idle, rows, _ = finished_run
     (row,) = rows
     assert meter.artifacts() == monitor.artifacts() and monitor.artifacts()[0].name == "emissions.csv"
     assert float(row["emissions"]) == monitor.emissions_kg > 0

@@ -7,12 +7,18 @@ finds RAPL. Its joules are therefore labelled ``codecarbon_estimate``, never a m
 How a reading at any instant is taken: CodeCarbon measures on its own timer thread every
 ``measure_power_secs``; a window edge between two timer ticks would see a stale total, and a
 measurement of our own running beside that timer could count the same interval twice. So
-the timer is stopped after ``start()`` and every measurement goes through the public
-``flush()`` from this meter, under one lock: at each window edge (``read``) and every
-``measure_power_secs`` from the power sampler (``poll``). ``flush`` hands the cumulative
+the timer is stopped after ``start()`` and every measurement is taken by this meter, under
+one lock: at each window edge (``read``) and every ``measure_power_secs`` from the power
+sampler (``poll``). A measurement is the tracker's own timer callback followed by the public
+``flush()``: ``flush`` alone skips measuring within 50 ms of the last measurement, which
+would leave an edge up to 50 ms stale. ``flush`` hands the cumulative
 :class:`EmissionsData` to every output handler; ours keeps the latest one, and writes
 CodeCarbon's CSV with CodeCarbon's own ``FileOutput`` when the tracker stops (writing it on
 every flush would cost ~20 ms each).
+
+Because every edge is measured then, the meter's update period is not ``measure_power_secs``
+but the resolution of the CPU load it estimates from: psutil's CPU times advance in 10 ms
+ticks, so below 100 ms the load (and the estimate) would be off by more than 10 %.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from joulebench.energy.window import Meter
 from joulebench.errors import ConfigError
 
 JOULES_PER_KWH = 3.6e6
+SHORTEST_WINDOW_S = 0.1  # see the module docstring: CPU-time ticks are 10 ms
 CSV_NAME = "emissions.csv"
 # Our device label -> the EmissionsData field with its cumulative kWh.
 CPU_RAM_FIELDS = {"cpu": "cpu_energy", "ram": "ram_energy"}
@@ -95,7 +102,7 @@ class CodeCarbonMeter(Meter):
 
         self.country = check_country(country_iso_code)
         self._reported = dict(CPU_RAM_FIELDS if reported is None else reported)
-        self.update_period_s = measure_power_secs
+        self.update_period_s = SHORTEST_WINDOW_S
         self.poll_period_s = measure_power_secs if self._reported else None
         self._lock = threading.Lock()
         self._rate = RateOfCumulative()
@@ -119,10 +126,8 @@ class CodeCarbonMeter(Meter):
         )
         self._tracker.start()
         self._tracker._scheduler.stop()  # see the module docstring: we drive measurements
-        # The first flush builds CodeCarbon's emissions engine (~0.2 s), outside any window.
-        # flush() skips measuring within 50 ms of the last measurement, so the first flush
-        # returns the totals of start(): only the second is a fresh origin for the rate.
-        self._flush()
+        # The first measurement builds CodeCarbon's emissions engine (~0.2 s), outside any
+        # window, and is the origin of the power rate.
         self._rate(self._cumulative_joules())
 
     def devices(self) -> list[str]:
@@ -146,6 +151,7 @@ class CodeCarbonMeter(Meter):
         }
 
     def _flush(self):
+        self._tracker._measure_power_and_energy()  # now, not "unless measured < 50 ms ago"
         # flush() swallows its own exceptions (returns None); turn that into a failed read.
         if self._tracker.flush() is None or self._output.latest is None:
             raise RuntimeError("CodeCarbon flush failed (it logs the cause at warning level)")
