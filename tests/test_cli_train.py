@@ -104,6 +104,7 @@ BAD_INPUTS = [
     (["--model", "resnet18", "--weights", "corrupt.pth"], "truncated or corrupt"),
     (["--optimizer", "rmsprop"], "'rmsprop' is not one of 'adam', 'sgd'"),
     (["--param", "bits=3"], "has no parameter 'bits'"),
+    (["--method", "stego", "--param", "dtype=float16", "--device", "cpu"], "runs on CUDA only"),
     (["--no-such-flag"], "No such option"),
 ]
 

@@ -75,6 +75,8 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
     """Build everything (bad input fails before any run exists), then train inside one run."""
     data, model = load_data_and_model(config)
     method = build_method(config.method, config.method_params)
+    # A precision this device cannot run (stego dtype=float16 on CPU) is refused here, not mid-run.
+    method.autocast_dtype(torch.device(config.device).type)
     tags = environment_tags(data.version) | {"model": config.model, "method": config.method}
     with TemporaryDirectory(prefix="joulebench-") as scratch:
         monitor = energy.build_monitor(
