@@ -46,6 +46,11 @@ RUN pip install --no-cache-dir --no-deps --editable . \
     && useradd --create-home --no-log-init --uid "${APP_UID}" --user-group joulebench \
     && install --directory --owner=joulebench --group=joulebench /app/data /mlflow/tmp
 
+# The image has no .git: the commit it was built from, for the runs' git_commit tag
+# (docker build --build-arg GIT_COMMIT="$(git rev-parse HEAD)" ...).
+ARG GIT_COMMIT=unknown
+ENV JOULEBENCH_GIT_COMMIT=${GIT_COMMIT}
+
 USER ${APP_UID}
 ENTRYPOINT ["joulebench"]
 CMD ["--help"]

@@ -89,6 +89,8 @@ def environment_tags(data_version: str) -> dict[str, str]:
 
 
 def _git_commit() -> str:
+    """HEAD (``-dirty`` with uncommitted changes); in an image, which has no .git, the commit
+    it was built from (``--build-arg GIT_COMMIT=...`` → ``JOULEBENCH_GIT_COMMIT``)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
@@ -99,7 +101,7 @@ def _git_commit() -> str:
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("JOULEBENCH_GIT_COMMIT") or "unknown"
 
 
 def config_params(config: RunConfig, weights_source: str) -> dict[str, Any]:
