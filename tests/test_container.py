@@ -12,8 +12,8 @@ when the container fails (containers/podman#18889, fixed in 4.6), so ``mlflow ru
 the run FINISHED whatever happened inside. The ``mlflow run`` test therefore also checks that
 joulebench itself printed its closing summary for that run, and what it logged.
 
-Marked ``container`` and run on request (``pytest -m container``). install.sh installs podman, runc
-and debootstrap; the tests that need podman are skipped only where it is not installed at all.
+Marked ``container``. .ci/run installs podman, runc and debootstrap; the tests that need podman
+are skipped only where it is not installed at all.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from container_support.podman import Podman, stop
 pytestmark = pytest.mark.container
 needs_podman = pytest.mark.skipif(
     shutil.which("podman") is None,
-    reason="podman is not installed (apt-get install -y podman runc debootstrap; install.sh does this as root)",
+    reason="podman is not installed (apt-get install -y podman runc debootstrap; .ci/run does this)",
 )
 
 # The issue's literal command, on the tiny model.
