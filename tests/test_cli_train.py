@@ -1,5 +1,6 @@
 """End to end: ``joulebench train`` on digits, read back from the MLflow store it wrote."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -37,12 +38,16 @@ def nothing_measurable_here() -> bool:
 def test_train_records_params_metrics_tags_and_artifacts(workdir):
     result = run_cli(
         ["train", "--model", "tinynet", "--weights", "none", "--epochs", "2", "--idle-seconds", "1",
-         "--inference-batches", "3", "--save-model", "--quiet", "--run-name", "e2e"],
+         "--inference-batches", "3", "--save-model", "--quiet", "--run-name", "e2e",
+         "--run-json", "results/e2e/run.json"],
         cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
     client, run = only_run(workdir / "mlflow.db")
     assert run.info.status == "FINISHED" and run.info.run_name == "e2e"
+    assert json.loads((workdir / "results" / "e2e" / "run.json").read_text()) == {
+        "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+        "config_hash": run.data.tags["config_hash"]}
     params = run.data.params
     assert (params["model"], params["method"], params["dataset"]) == ("tinynet", "baseline", "digits")
     assert (params["epochs"], params["batch_size"], params["seed"], params["image_size"]) == ("2", "64", "0", "32")

@@ -260,8 +260,37 @@ def test_parent_selects_the_sweeps_grid(store, workdir):
         ("resnet18", "baseline", "3"), ("resnet18", "stego", "3")]
 
 
+def test_runs_from_keeps_only_the_configurations_recorded_there(store, workdir):
+    # What DVC's report stage sees: one run.json per train stage under results/; other runs of
+    # the experiment (older params, other sweeps) stay out of the table.
+    for stage, config_hash in (("resnet18-stego/repeat-0", "resnet18-stego-digits-cpu-h1-0"),
+                               ("resnet18-stego/repeat-1", "resnet18-stego-digits-cpu-h1-1"),
+                               ("vgg16-stego/repeat-0", "vgg16-stego-digits-cpu-h1-0")):
+        record = workdir / "results" / stage / "run.json"
+        record.parent.mkdir(parents=True)
+        record.write_text(f'{{"run_id": "x", "experiment_id": "1", "config_hash": "{config_hash}"}}')
+    main(["report", "--runs-from", "results", "--out", "out"])
+    rows = read_summary(workdir / "out" / "summary.csv")
+    assert sorted((key[2], key[3], row["n"]) for key, row in rows.items()) == [
+        ("resnet18", "stego", "2"), ("vgg16", "stego", "1")]
+    assert {row["energy_train_j_significance"] for row in rows.values()} == {"no baseline"}
+    (vgg16,) = [row for key, row in rows.items() if key[2] == "vgg16"]
+    assert float(vgg16["energy_train_j_mean"]) == 5000.0  # its repeat 0 alone
+
+
+def test_runs_from_with_a_damaged_record_is_one_line(store, workdir, capsys):
+    (workdir / "results").mkdir()
+    (workdir / "results" / "run.json").write_text('{"run_id": "x"}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--runs-from", "results"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "results/run.json is not a run record of `joulebench train --run-json`" in err and "\n" not in err
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--experiment", "nope"], "no experiment 'nope' in the MLflow store"),
+    (["--runs-from", "nowhere"], "--runs-from nowhere: no run.json there"),
     (["--parent", "0123456789abcdef0123456789abcdef"], "is not a run of experiment 'joulebench'"),
     (["--target-fraction", "1.5"], "--target-fraction must be a number in (0, 1]"),
 ])

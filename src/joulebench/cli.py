@@ -72,15 +72,20 @@ def training_options(function):
 @click.option("--save-model", is_flag=True, help="Log the fine-tuned model (mlflow.pytorch flavour).")
 @click.option("--metrics-json", default=None, type=click.Path(dir_okay=False),
               help="Also write the final metrics to this JSON file (DVC metrics).")
+@click.option("--run-json", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="When the run has FINISHED, write its run id and config hash to this JSON file "
+                   "(DVC's train stages do, for `report --runs-from`).")
 @click.option("--repeat", default=0, show_default=True, type=int, help="Repeat index (sweeps set it).")
 @click.option("--parent-run-id", default=None, help="Nest the run under this MLflow run (sweeps set it).")
-def train(quiet: bool, **options: Any) -> None:
+def train(quiet: bool, run_json: Path | None, **options: Any) -> None:
     """Fine-tune one model with one method, measured, and record it in MLflow."""
     from joulebench.config import make_config
-    from joulebench.pipeline import train_and_record
+    from joulebench.pipeline import train_and_record, write_run_record
 
     config = make_config(**options)
     summary = train_and_record(config, progress=not quiet and sys.stderr.isatty())
+    if run_json is not None:
+        write_run_record(run_json, summary)
     click.echo(format_summary(summary))
 
 
@@ -192,15 +197,18 @@ def sweep(quiet: bool, **options: Any) -> None:
 @cli.command()
 @click.option("--experiment", default="joulebench", show_default=True, help="MLflow experiment to read.")
 @click.option("--parent", default=None, metavar="RUN_ID", help="Only this sweep's combinations (its parent run id).")
+@click.option("--runs-from", default=None, type=click.Path(path_type=Path), metavar="DIR",
+              help="Only the configurations of the run.json files under DIR (`train --run-json`; "
+                   "DVC's report stage reads results/, so runs of older params stay out).")
 @click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for summary.csv, summary.md, the PNG plots and report.html.")
 @click.option("--target-fraction", default="0.99", show_default=True,
               help="Energy-to-accuracy target as a fraction of the same model's baseline accuracy.")
-def report(experiment: str, parent: str | None, out: Path, target_fraction: str) -> None:
+def report(experiment: str, parent: str | None, runs_from: Path | None, out: Path, target_fraction: str) -> None:
     """Side-by-side table of finished runs: mean ± 95 % CI, ratios to baseline, plots."""
     from joulebench.report import run_report
 
-    result = run_report(experiment, parent, out, target_fraction)
+    result = run_report(experiment, parent, out, target_fraction, runs_from)
     click.echo(f"report    {result.run_count} runs in {len(result.groups)} group(s) (dataset · device · settings)")
     click.echo(f"files     {', '.join(str(path) for path in result.files)}")
     click.echo(f"run id    {result.report_run_id} (the same files, under report/)")

@@ -100,6 +100,20 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
     )
 
 
+def write_run_record(path: Path, summary: Summary) -> None:
+    """The finished run's identity as JSON (``train --run-json``), for ``report --runs-from``.
+
+    Written only once the run is FINISHED, so a file here always names a complete run.
+    """
+    record = {
+        "run_id": summary.run_id,
+        "experiment_id": summary.experiment_id,
+        "config_hash": summary.result.config.config_hash(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
 def _epoch_logger(recorder: Recorder) -> Callable[[EpochResult], None]:
     def log(epoch: EpochResult) -> None:
         recorder.log_epoch(epoch.epoch, epoch.metrics())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -573,15 +574,40 @@ def parse_target_fraction(text: str) -> float:
     return value
 
 
-def run_report(experiment: str, parent: str | None, out: Path, target_fraction: str) -> Report:
+def recorded_config_hashes(directory: Path) -> set[str]:
+    """The config hashes of the ``run.json`` files (``train --run-json``) anywhere under ``directory``."""
+    records = sorted(directory.rglob("run.json")) if directory.is_dir() else []
+    hashes = set()
+    for path in records:
+        try:
+            hashes.add(str(json.loads(path.read_text())["config_hash"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"{path} is not a run record of `joulebench train --run-json` ({error!r}); "
+                              "rerun that train stage (dvc repro) to rewrite it") from None
+    if not hashes:
+        raise ConfigError(f"--runs-from {directory}: no run.json there; it is written by "
+                          "`joulebench train --run-json PATH` (DVC's train stages do: run `dvc repro`)")
+    return hashes
+
+
+def run_report(
+    experiment: str, parent: str | None, out: Path, target_fraction: str, runs_from: Path | None = None
+) -> Report:
     """Read the runs, summarise, write the files and log them on a ``report`` run."""
     fraction = parse_target_fraction(target_fraction)
+    wanted = recorded_config_hashes(runs_from) if runs_from is not None else None
     runs = tracking.finished_measured_runs(experiment)
     if parent is not None:
         grid = tracking.sweep_grid_hashes(experiment, parent)
         runs = [run for run in runs if run.parent_run_id == parent or run.tags["config_hash"] in grid]
+    if wanted is not None:
+        runs = [run for run in runs if run.tags["config_hash"] in wanted]
     if not runs:
-        scope = f"sweep {parent}" if parent else f"experiment {experiment!r}"
+        scope = f"experiment {experiment!r}"
+        if parent is not None:
+            scope += f", sweep {parent}"
+        if runs_from is not None:
+            scope += f", configurations of {runs_from}/**/run.json"
         raise ConfigError(f"no FINISHED joulebench runs in {scope}; run `joulebench sweep` (or train) first")
     groups = build_report(runs, fraction, tracking.metric_history)
     files = write_report(groups, out)
