@@ -6,6 +6,9 @@ the RAPL hardware here; every file the reader touches is one the kernel would ha
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from itertools import count
 from pathlib import Path
 
@@ -162,3 +165,41 @@ def test_meter_failing_mid_window_is_flagged_and_the_next_window_works(
     with monitor.window("inference") as recovered:
         package_and_dram.add("intel-rapl:0", 3.0)
     assert recovered.measurement.joules == {"cpu": 3.0, "ram": 0.0}
+
+
+def test_root_only_counter_is_unavailable_with_the_reason():
+    """Linux >= 5.10 makes energy_uj root-only: an ordinary user must get the reason, not a crash.
+
+    The tests run as root here, which reads any file: the reader then runs in a forked child
+    that has become ``nobody``, on a tree whose directories that user may enter.
+    """
+    root = Path(tempfile.mkdtemp(prefix="powercap-", dir="/tmp"))
+    try:
+        PowercapTree(root).zone("intel-rapl:0", "package-0", energy_uj=123)
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o444)
+        (root / "intel-rapl:0" / "energy_uj").chmod(0o400)  # as the kernel now ships it
+        message = _in_child_as_nobody(lambda: find_zones(root))
+    finally:
+        shutil.rmtree(root)
+    assert message == f"RaplUnavailable: {root}/intel-rapl:0/energy_uj: permission denied (root-only since Linux 5.10)"
+
+
+def _in_child_as_nobody(function) -> str:
+    """What ``function`` raised (type: message), called in a forked child running as nobody."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, call, report, leave without running pytest's teardown
+        try:
+            if os.geteuid() == 0:
+                os.setuid(65534)
+            function()
+            outcome = "no error"
+        except BaseException as error:  # noqa: BLE001 - everything is reported to the parent
+            outcome = f"{type(error).__name__}: {error}"
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        return pipe.read()
