@@ -16,7 +16,7 @@ from joulebench.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """One tracker's whole life: a too-short window, a 1.3 s window, a 0.2 s one, close."""
+    """One tracker's whole life: a too-short window, a 1.3 s window, a 0.5 s one, close."""
     output_dir = tmp_path_factory.mktemp("codecarbon")
     meter = CodeCarbonMeter("usa", output_dir)
     monitor = EnergyMonitor([meter])
@@ -25,7 +25,7 @@ def finished_run(tmp_path_factory):
     with monitor.window("idle") as idle:
         time.sleep(1.3)
     with monitor.window("eval") as brief:  # shorter than measure_power_secs (1 s)
-        time.sleep(0.2)
+        time.sleep(0.5)
     monitor.close()
     with (output_dir / "emissions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -61,11 +61,11 @@ def test_window_shorter_than_the_cpu_load_resolution_is_flagged_not_zero(finishe
 
 
 def test_window_shorter_than_measure_power_secs_is_measured_at_its_edges(finished_run):
-    # Each edge forces a measurement, so a 0.2 s window (a fast eval pass) is not stale:
-    # its RAM energy is the constant RAM power times exactly this window.
+    # Each edge forces a measurement, so a 0.5 s window (a fast epoch) is not stale: its RAM
+    # energy is the constant RAM power times this window, to the edges' few ms of jitter.
     brief, (row,) = finished_run[5], finished_run[4]
-    assert brief.flags == () and 0.2 <= brief.seconds < 0.5
-    assert brief.joules["ram"] / brief.seconds == pytest.approx(float(row["ram_power"]), rel=0.02)
+    assert brief.flags == () and 0.5 <= brief.seconds < 1.0
+    assert brief.joules["ram"] / brief.seconds == pytest.approx(float(row["ram_power"]), rel=0.05)
     assert brief.joules["cpu"] > 0
 
 
