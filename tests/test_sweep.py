@@ -86,7 +86,8 @@ def test_child_arguments_rebuild_the_same_config_and_hash():
                         "--country", "fra", "--idle-seconds", "0")
     for combination in combinations:
         options = train.make_context("train", combination.train_arguments("PARENT")).params
-        options.pop("quiet")
+        options.pop("quiet")  # `train` itself takes these two; the rest go to make_config
+        assert options.pop("run_json") is None
         child = make_config(**options)
         assert child.config_hash() == combination.config_hash
         assert child == replace(combination.config, run_name=combination.label, parent_run_id="PARENT")
@@ -271,6 +272,7 @@ def test_kubernetes_submissions_rebuild_the_sweeps_config_in_the_pod():
         assert command[:2] == ["joulebench", "train"]
         options = train.make_context("train", command[2:]).params
         options.pop("quiet")
+        assert options.pop("run_json") is None
         pod_device = options.pop("device")
         child = make_config(**options, device="cpu")
         assert child.method_params == combination.config.method_params
