@@ -105,13 +105,17 @@ def write_run_record(path: Path, summary: Summary) -> None:
 
     Written only once the run is FINISHED, so a file here always names a complete run.
     """
-    record = {
+    _write_json(path, {
         "run_id": summary.run_id,
         "experiment_id": summary.experiment_id,
         "config_hash": summary.result.config.config_hash(),
-    }
+    })
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    """A small JSON file for DVC (metrics, run record), its folder made if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _epoch_logger(recorder: Recorder) -> Callable[[EpochResult], None]:
@@ -129,9 +133,7 @@ def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMon
         metrics["peak_watts"] = peak
     recorder.log_metrics(metrics)
     if result.config.metrics_json:
-        path = result.config.metrics_json
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        _write_json(result.config.metrics_json, metrics)
     recorder.set_tags(energy_tags(result, monitor))
     facts = result.report.facts
     recorder.log_params({f"compress.{k}": v for k, v in facts.items() if isinstance(v, (str, bool))})
