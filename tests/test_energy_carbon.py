@@ -5,17 +5,27 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from codecarbon.input import DataSource
 
-from joulebench.energy import EnergyMonitor
+from joulebench.energy import EnergyMonitor, Measurement
 from joulebench.energy.carbon import JOULES_PER_KWH, CodeCarbonMeter, check_country
 from joulebench.errors import ConfigError
 
 
+class TrackerLife(NamedTuple):
+    meter: CodeCarbonMeter
+    monitor: EnergyMonitor
+    short: Measurement  # empty: below the meter's update period
+    idle: Measurement  # 1.3 s
+    brief: Measurement  # 0.5 s: shorter than measure_power_secs
+    csv_rows: list[dict[str, str]]
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory) -> TrackerLife:
     """One tracker's whole life: a too-short window, a 1.3 s window, a 0.5 s one, close."""
     output_dir = tmp_path_factory.mktemp("codecarbon")
     meter = CodeCarbonMeter("usa", output_dir)
@@ -29,12 +39,11 @@ def finished_run(tmp_path_factory):
     monitor.close()
     with (output_dir / "emissions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    return meter, monitor, short.measurement, idle.measurement, rows, brief.measurement
+    return TrackerLife(meter, monitor, short.measurement, idle.measurement, brief.measurement, rows)
 
 
 def test_country_is_normalised_and_an_unknown_one_is_a_one_line_config_error(finished_run):
-    meter = finished_run[0]
-    assert meter.country == "USA"
+    assert finished_run.meter.country == "USA"
     with pytest.raises(ConfigError) as error:
         check_country("Narnia")
     message = str(error.value)
@@ -43,7 +52,7 @@ def test_country_is_normalised_and_an_unknown_one_is_a_one_line_config_error(fin
 
 
 def test_window_ram_energy_is_codecarbons_ram_power_times_the_window(finished_run):
-    _, _, _, idle, (row,), _ = finished_run
+    idle, (row,) = finished_run.idle, finished_run.csv_rows
     assert idle.sources == {"cpu": "codecarbon_estimate", "ram": "codecarbon_estimate"}
     assert idle.seconds >= 1.3 and idle.flags == ()
     # CodeCarbon models RAM power as a constant of the installed memory: our window must
@@ -53,7 +62,7 @@ def test_window_ram_energy_is_codecarbons_ram_power_times_the_window(finished_ru
 
 
 def test_window_shorter_than_the_cpu_load_resolution_is_flagged_not_zero(finished_run):
-    short = finished_run[2]
+    short = finished_run.short
     assert short.joules == {} and short.total_joules is None
     (flag,) = short.flags
     assert flag.startswith("codecarbon_estimate: window of ")
@@ -63,15 +72,15 @@ def test_window_shorter_than_the_cpu_load_resolution_is_flagged_not_zero(finishe
 def test_window_shorter_than_measure_power_secs_is_measured_at_its_edges(finished_run):
     # Each edge forces a measurement, so a 0.5 s window (a fast epoch) is not stale: its RAM
     # energy is the constant RAM power times this window, to the edges' few ms of jitter.
-    brief, (row,) = finished_run[5], finished_run[4]
+    brief, (row,) = finished_run.brief, finished_run.csv_rows
     assert brief.flags == () and 0.5 <= brief.seconds < 1.0
     assert brief.joules["ram"] / brief.seconds == pytest.approx(float(row["ram_power"]), rel=0.05)
     assert brief.joules["cpu"] > 0
 
 
 def test_csv_is_written_once_at_close_and_carries_the_runs_co2(finished_run):
-    meter, monitor, _, idle, rows, _ = finished_run
-    (row,) = rows
+    meter, monitor, idle = finished_run.meter, finished_run.monitor, finished_run.idle
+    (row,) = finished_run.csv_rows
     assert meter.artifacts() == monitor.artifacts() and monitor.artifacts()[0].name == "emissions.csv"
     assert float(row["emissions"]) == monitor.emissions_kg > 0
     assert row["country_iso_code"] == "USA" and row["project_name"] == "joulebench"

@@ -130,21 +130,14 @@ def test_a_corrupted_file_is_refused_and_nothing_is_kept(server, tmp_path, algor
     assert _left_in(out) == []
 
 
-def test_a_connection_closed_mid_body_is_refused_and_nothing_is_kept(server, tmp_path):
+@pytest.mark.parametrize("route, options", [("truncated", {}), ("stall", {"timeout_s": 0.5})],
+                         ids=["connection-closed-mid-body", "stalled-until-timeout"])
+def test_a_download_stopped_halfway_is_refused_and_nothing_is_kept(server, tmp_path, route, options):
     served, base = server
     (served / "file.bin").write_bytes(PAYLOAD)
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=f"stopped after {len(PAYLOAD) // 2} of {len(PAYLOAD)} bytes"):
-        download(f"{base}/truncated/file.bin", out / "file.bin", Checksum("md5", PAYLOAD_MD5))
-    assert _left_in(out) == []
-
-
-def test_a_stalled_download_times_out_and_nothing_is_kept(server, tmp_path):
-    served, base = server
-    (served / "file.bin").write_bytes(PAYLOAD)
-    out = tmp_path / "out"
-    with pytest.raises(ConfigError, match=f"stopped after {len(PAYLOAD) // 2} of {len(PAYLOAD)} bytes"):
-        download(f"{base}/stall/file.bin", out / "file.bin", Checksum("md5", PAYLOAD_MD5), timeout_s=0.5)
+        download(f"{base}/{route}/file.bin", out / "file.bin", Checksum("md5", PAYLOAD_MD5), **options)
     assert _left_in(out) == []
 
 

@@ -46,6 +46,14 @@ def sweep_options(*args: str) -> dict:
     return sweep.make_context("sweep", ["--models", "tinynet", *args]).params
 
 
+def config_options(train_arguments: list[str]) -> dict:
+    """What `joulebench train ARGUMENTS` hands to make_config: its options less train's own two."""
+    options = train.make_context("train", train_arguments).params
+    options.pop("quiet")
+    assert options.pop("run_json") is None  # a sweep's children never write a run record
+    return options
+
+
 def grid(models, methods, repeats, overrides=None, *args, run_device=None):
     options = sweep_options(*args)
     training = {k: v for k, v in options.items()
@@ -85,10 +93,7 @@ def test_child_arguments_rebuild_the_same_config_and_hash():
                         "--weights", "none", "--lr", "1e-3", "--epochs", "2", "--limit-train-batches", "3",
                         "--country", "fra", "--idle-seconds", "0")
     for combination in combinations:
-        options = train.make_context("train", combination.train_arguments("PARENT")).params
-        options.pop("quiet")  # `train` itself takes these two; the rest go to make_config
-        assert options.pop("run_json") is None
-        child = make_config(**options)
+        child = make_config(**config_options(combination.train_arguments("PARENT")))
         assert child.config_hash() == combination.config_hash
         assert child == replace(combination.config, run_name=combination.label, parent_run_id="PARENT")
 
@@ -270,9 +275,7 @@ def test_kubernetes_submissions_rebuild_the_sweeps_config_in_the_pod():
     for combination in combinations:
         command = shlex.split(entry_point.compute_command(combination.kubernetes_parameters("PARENT"), None))
         assert command[:2] == ["joulebench", "train"]
-        options = train.make_context("train", command[2:]).params
-        options.pop("quiet")
-        assert options.pop("run_json") is None
+        options = config_options(command[2:])
         pod_device = options.pop("device")
         child = make_config(**options, device="cpu")
         assert child.method_params == combination.config.method_params
