@@ -74,8 +74,7 @@ class RunResult:
         return self.epochs[-1]
 
     def train_joules(self) -> float | None:
-        values = [e.train.total_joules for e in self.epochs]
-        return None if not values or None in values else sum(values)
+        return _sum_or_none(e.train.total_joules for e in self.epochs)
 
     def train_seconds(self) -> float:
         return sum(e.train.seconds for e in self.epochs)
