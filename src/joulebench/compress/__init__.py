@@ -18,6 +18,7 @@ from torch import nn
 from joulebench.compress.base import (
     CompressionReport,
     Method,
+    OptimizerWithPasses,
     ModelStats,
     ParamSpec,
     flops_per_sample,
@@ -31,7 +32,7 @@ from joulebench.compress.stego import Stego
 from joulebench.errors import ConfigError
 
 __all__ = [
-    "CompressionReport", "Method", "compress", "ModelStats", "ParamSpec", "METHODS", "build_method",
+    "CompressionReport", "Method", "OptimizerWithPasses", "compress", "ModelStats", "ParamSpec", "METHODS", "build_method",
     "flops_per_sample", "method_names", "model_stats", "parse_bool", "parse_method_params",
 ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -60,15 +60,66 @@ class Method:
         return model
 
     def autocast_dtype(self, device_type: str) -> torch.dtype | None:
-        """The dtype training and evaluation should autocast to, or None for float32."""
+        """The dtype training and evaluation autocast to (stego dtype=float16), or None."""
         return None
 
-    def after_optimizer_step(self, model: nn.Module) -> None:
-        """Re-impose the compression after each optimiser step (masks, truncation)."""
+    def stored_dtype(self) -> torch.dtype | None:
+        """The dtype ``apply`` stores the weights in and the model computes in (inputs are cast
+        to it), or None for float32."""
+        return None
+
+    def optimizer(self, model: nn.Module, build: OptimizerFactory) -> OptimizerWithPasses:
+        """The optimiser training steps with: ``build`` over the trainable parameters, wrapped
+        by methods that must act around each step (masks, overwritten bits, truncation).
+
+        Called once the model is on its device in its training memory format."""
+        return OptimizerWithPasses(build(trainable(model)))
 
     def facts(self, model: nn.Module) -> dict[str, Any]:
         """Method-specific facts for the report (sparsity, freed capacity, ranks...)."""
         return {}
+
+
+OptimizerFactory = Callable[[Sequence[torch.Tensor]], torch.optim.Optimizer]
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class OptimizerWithPasses:
+    """A torch optimiser with a method's passes before (``before_step``) and after
+    (``after_step``) each of its steps; the plain optimiser where a method has none.
+
+    It exposes ``param_groups`` and ``state`` so that ``torch.amp.GradScaler`` can unscale
+    and step it. Passes must not read values back to the host: a step stays asynchronous.
+    """
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.inner = inner
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.inner.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.inner.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.before_step()
+        self.inner.step()
+        self.after_step()
+
+    def before_step(self) -> None:
+        """Runs between backward and the optimiser's update (e.g. masking gradients)."""
+
+    def after_step(self) -> None:
+        """Runs after the optimiser's update (e.g. re-imposing a compression)."""
 
 
 def model_stats(model: nn.Module, example: torch.Tensor) -> ModelStats:
