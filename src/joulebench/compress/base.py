@@ -87,6 +87,26 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def flat_views(
+    tensors: Sequence[torch.Tensor], dtype: torch.dtype, flat: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One flat buffer (``flat``, or a new uninitialised one) of ``dtype`` on the tensors'
+    device, and a view of it per tensor with that tensor's shape and memory layout
+    (contiguous or channels_last), so that one operation on the buffer acts on all of them."""
+    total = sum(t.numel() for t in tensors)
+    if flat is None:
+        flat = torch.empty(total, dtype=dtype, device=tensors[0].device if tensors else "cpu")
+    views, offset = [], 0
+    for tensor in tensors:
+        dense = tensor.is_contiguous() or (
+            tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+        )
+        stride = tensor.stride() if dense else torch.empty(tensor.shape, device="meta").stride()
+        views.append(flat.as_strided(tensor.shape, stride, offset))
+        offset += tensor.numel()
+    return flat, views
+
+
 class OptimizerWithPasses:
     """A torch optimiser with a method's passes before (``before_step``) and after
     (``after_step``) each of its steps; the plain optimiser where a method has none.
@@ -125,19 +145,13 @@ class OptimizerWithPasses:
 def model_stats(model: nn.Module, example: torch.Tensor) -> ModelStats:
     """Parameter count, non-zeros, stored bytes and FLOPs per sample of ``model``.
 
-    Pruning masks (``weight_orig`` * ``weight_mask``) are counted as the effective weight,
-    so a pruned model reports its real non-zeros while its dense FLOPs stay visible.
+    Parameters are counted as they are: a masked-pruned model holds its pruned weights as
+    real zeros, so it reports its real non-zeros while its dense FLOPs stay visible.
     """
-    tensors = dict(model.named_parameters())
-    for module_name, module in model.named_modules():
-        for buffer_name, mask in module.named_buffers(recurse=False):
-            if buffer_name.endswith("_mask"):
-                base = buffer_name[: -len("_mask")]
-                prefix = f"{module_name}." if module_name else ""
-                tensors[f"{prefix}{base}_orig"] = getattr(module, base).detach()
-    parameters = sum(t.numel() for t in tensors.values())
-    nonzero = sum(int(torch.count_nonzero(t)) for t in tensors.values())
-    weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    tensors = [t.detach() for t in model.parameters()]
+    parameters = sum(t.numel() for t in tensors)
+    nonzero = sum(int(torch.count_nonzero(t)) for t in tensors)
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
     return ModelStats(parameters, nonzero, weight_bytes, flops_per_sample(model, example))
 
 
@@ -153,18 +167,25 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def as_model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``images`` in the dtype of the model's first weight (its stem): a model stored in
+    bfloat16 takes bfloat16 images."""
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return images if first is None else images.to(first.dtype)
+
+
 def flops_per_sample(model: nn.Module, example: torch.Tensor) -> int:
     """Forward FLOPs for one sample, counted by ``FlopCounterMode`` on a one-sample batch."""
     counter = FlopCounterMode(display=False)
     with evaluating(model), counter:
-        model(example[:1])
+        model(as_model_input(model, example[:1]))
     return int(counter.get_total_flops())
 
 
 def output_classes(model: nn.Module, example: torch.Tensor) -> int:
     """How many class scores ``model`` produces (the width of its eval-mode logits)."""
     with evaluating(model):
-        return int(model(example[:1]).shape[-1])
+        return int(model(as_model_input(model, example[:1])).shape[-1])
 
 
 def classifier_heads(model: nn.Module, num_classes: int) -> dict[str, nn.Module]:
