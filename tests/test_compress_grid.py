@@ -1,9 +1,10 @@
 """The nine paper models × every method with default parameters: build, compress, train a step.
 
 Each model runs at its smallest training input (Inception at 299 px: its auxiliary head's 5×5
-conv needs a 17×17 map) on a batch of 2. The step is float32: on this CPU (AVX2, without
-AVX512-BF16) the bfloat16 autocast stego asks for is 10–20× slower than float32, too slow for
-ViT-B/16 here; the bfloat16 step is tested on TinyNet in test_compress_stego.py.
+conv needs a 17×17 map) on a batch of 2, on the kit's own training path (channels_last, the
+method's optimiser; stego's weights stored in bfloat16). On a CPU without native bfloat16
+(AVX2 only) PyTorch's reference bfloat16 kernels make ViT-B/16's stego step minutes long: that
+one cell is skipped there, with the reason.
 """
 
 import copy
@@ -16,7 +17,8 @@ from torch import nn
 
 from joulebench.compress import build_method, compress, method_names, parse_method_params
 from joulebench.models import PAPER_MODELS, build_model, image_sizes
-from joulebench.train import classification_loss
+from joulebench.config import RunConfig
+from joulebench.train import compute_settings, native_bfloat16_cpu, prepare, train_steps
 
 TRAINING_SIZES = {"inception_v3": 299}
 CASES = [(model, method) for model in PAPER_MODELS for method in method_names()]
@@ -30,23 +32,25 @@ def pristine(name: str) -> nn.Module:
 
 def low_bits(model: nn.Module, bits: int) -> int:
     low = (1 << bits) - 1
-    return sum(int((p.detach().view(torch.int32) & low).count_nonzero()) for p in model.parameters())
+    return sum(int((p.detach().float().view(torch.int32) & low).count_nonzero()) for p in model.parameters())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "method_name"), CASES)
-def test_every_paper_model_compresses_and_trains_one_float32_step(name, method_name):
+def test_every_paper_model_compresses_and_trains_one_step_on_the_training_path(name, method_name):
+    if (name, method_name) == ("vit_b_16", "stego") and not native_bfloat16_cpu():
+        pytest.skip("this CPU has no native bfloat16: the reference kernels take minutes for ViT-B/16")
     size = TRAINING_SIZES.get(name, image_sizes(name).minimum)
     inputs, labels = torch.randn(2, 3, size, size), torch.tensor([3, 7])
     method = build_method(method_name, parse_method_params(method_name, []))
-    model, report = compress(method, copy.deepcopy(pristine(name)), inputs)
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    loss = classification_loss(model(inputs), labels)
-    loss.backward()
-    optimizer.step()
-    method.after_optimizer_step(model)
-    assert torch.isfinite(loss)
+    config = RunConfig(model=name, method=method_name, optimizer="sgd", lr=1e-3, image_size=size)
+    model = copy.deepcopy(pristine(name))
+    settings = compute_settings(config, model, method)
+    model, report = compress(method, model, inputs)
+    model, optimizer, scaler = prepare(config, model, method, settings)
+    loss_sum = torch.zeros(())
+    train_steps(model, [(inputs, labels)], optimizer, scaler, settings, loss_sum)
+    assert torch.isfinite(loss_sum)
     check_method_invariants(method_name, method, model, report)
 
 

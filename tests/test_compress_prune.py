@@ -2,11 +2,17 @@
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from joulebench.compress import build_method, compress, model_stats, parse_method_params
-from joulebench.compress.prune import masked_weights, prunable_weights, prune_channels
+from joulebench.compress.prune import (
+    MaskedOptimizer,
+    masked_weights,
+    prunable_weights,
+    prune_channels,
+)
 from joulebench.models import build_model
 
 
@@ -34,8 +40,16 @@ def zeros_and_total(model: nn.Module) -> tuple[int, int]:
     return sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
 
 
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-2)
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
 def train_steps(model: nn.Module, method, inputs: torch.Tensor, steps: int = 3) -> None:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = method.optimizer(model, adam)
     labels = torch.arange(len(inputs)) % 10
     model.train()
     for _ in range(steps):
@@ -43,7 +57,6 @@ def train_steps(model: nn.Module, method, inputs: torch.Tensor, steps: int = 3) 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        method.after_optimizer_step(model)
 
 
 @pytest.mark.parametrize("amount", [0.3, 0.5, 0.9])
@@ -60,8 +73,12 @@ def test_global_sparsity_is_exactly_amount_before_and_after_training(amount):
     assert report.after.nonzero_parameters == report.before.nonzero_parameters - zeros
     # the masks keep the dense compute
     assert report.after.flops_per_sample == report.before.flops_per_sample
-    masks = {name: mask.clone() for name, mask in model.named_buffers() if name.endswith("_mask")}
+    masks = {
+        name: mask.clone() for name, mask in model.named_buffers() if name.endswith("_prune_mask")
+    }
     assert len(masks) == 4
+    weights = masked_weights(model)
+    assert all(torch.equal(w == 0, m == 0) for w, m in zip(weights, masks.values()))
     train_steps(model, method, inputs)
     assert zeros_and_total(model) == (zeros, total)
     assert all(torch.equal(mask, model.get_buffer(name)) for name, mask in masks.items())
@@ -78,21 +95,166 @@ def test_the_smallest_magnitudes_across_all_layers_are_the_ones_pruned():
 
 
 def test_attention_projections_are_pruned_and_train_for_several_steps():
-    # nn.MultiheadAttention reads out_proj.weight without calling out_proj: without the
-    # refresh hook the second backward fails (pytorch/pytorch#69353).
+    # nn.MultiheadAttention reads out_proj.weight without calling out_proj; with zeros stored
+    # in place (no reparametrisation) that needs no special case.
     torch.manual_seed(0)
     model, method = AttentionNet(), prune()
     inputs = torch.randn(4, 3, 16, 16)
     _, report = compress(method, model, inputs)
     attention = model.attention
-    assert hasattr(attention, "in_proj_weight_mask") and hasattr(attention.out_proj, "weight_mask")
+    assert hasattr(attention, "in_proj_weight_prune_mask")
+    assert hasattr(attention.out_proj, "weight_prune_mask")
     zeros, total = zeros_and_total(model)
     assert total == 16 * 3 * 16 + 3 * 16 * 16 + 16 * 16 + 10 * 16
     assert zeros == round(0.5 * total)
     train_steps(model, method, inputs, steps=4)
-    model(inputs)  # the effective out_proj weight is recomputed at the next attention call
     assert zeros_and_total(model) == (zeros, total)
-    assert torch.equal(attention.out_proj.weight == 0, attention.out_proj.weight_mask == 0)
+    assert torch.equal(attention.out_proj.weight == 0, attention.out_proj.weight_prune_mask == 0)
+    assert torch.equal(attention.in_proj_weight == 0, attention.in_proj_weight_prune_mask == 0)
+
+
+class SmallConvNet(nn.Module):
+    """Conv, batch norm and linear layers: the weights of a typical CNN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16 * 8 * 8, 10)  # for 16 px inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(x.flatten(1))
+
+
+def _refresh_out_proj(attention: nn.MultiheadAttention, inputs) -> None:
+    # The torch.nn.utils.prune reference needs it: nn.MultiheadAttention reads out_proj.weight
+    # without calling out_proj, so its pruning hook never runs (pytorch/pytorch#69353).
+    for hook in attention.out_proj._forward_pre_hooks.values():
+        if isinstance(hook, torch_prune.BasePruningMethod):
+            hook(attention.out_proj, inputs)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    # Adding +0.0 turns -0.0 into +0.0 and changes no other value, so -0.0 and +0.0 compare
+    # equal (a pruned negative weight is -0.0 in both paths) while every other bit must match.
+    return (t.detach() + 0.0).view(torch.int32)
+
+
+def effective_reference(module: nn.Module, name: str) -> torch.Tensor:
+    """What torch.nn.utils.prune's hook sets ``module.<name>`` to at the next forward."""
+    if hasattr(module, f"{name}_orig"):
+        return getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
+    return getattr(module, name)
+
+
+@pytest.mark.parametrize("build", [adam, sgd], ids=["adam", "sgd_momentum_weight_decay"])
+@pytest.mark.parametrize("net", [SmallConvNet, AttentionNet])
+def test_training_is_bit_identical_to_torch_nn_utils_prune(net, build):
+    torch.manual_seed(0)
+    ours, reference = net(), net()  # random init: no magnitude ties, topk selects as we do
+    reference.load_state_dict(ours.state_dict())
+    inputs = torch.randn(5, 8, 3, 16, 16)
+    labels = torch.randint(0, 10, (5, 8))
+    method = prune("amount=0.6")
+    compress(method, ours, inputs[0])
+    torch_prune.global_unstructured(
+        prunable_weights(reference), torch_prune.L1Unstructured, amount=0.6
+    )
+    for module in reference.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            module.register_forward_pre_hook(_refresh_out_proj)
+    optimizer = method.optimizer(ours, build)
+    assert isinstance(optimizer, MaskedOptimizer)
+    reference_optimizer = build(list(reference.parameters()))
+    # (module path, attribute) of every parameter, read in the reference as its effective value
+    names = [tuple(name.rpartition(".")[::2]) for name, _ in ours.named_parameters()]
+    masks = dict(ours.named_buffers())
+    ours.train(), reference.train()
+    for step in range(len(inputs)):
+        for model, opt in ((ours, optimizer), (reference, reference_optimizer)):
+            loss = nn.functional.cross_entropy(model(inputs[step]), labels[step])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for path, attr in names:
+            mine = getattr(ours.get_submodule(path), attr)
+            theirs = effective_reference(reference.get_submodule(path), attr)
+            assert torch.equal(bits(mine), bits(theirs)), (step, path, attr)
+            # Optimiser state: equal to the reference's where kept, zero where pruned (which
+            # fails if gradients are not masked; the effective weights alone, re-zeroed after
+            # each elementwise step, could not tell).
+            ref_param = getattr(reference.get_submodule(path), f"{attr}_orig", None)
+            ref_param = theirs if ref_param is None else ref_param
+            prefix = f"{path}." if path else ""
+            mask = masks.get(f"{prefix}{attr}_prune_mask", torch.ones_like(mine))
+            kept = mask.bool()
+            for key, value in optimizer.state[mine].items():
+                if key == "step":
+                    continue
+                ref_value = reference_optimizer.state[ref_param][key]
+                assert torch.equal(bits(value[kept]), bits(ref_value[kept])), (step, path, key)
+                assert not value[~kept].any(), (step, path, key)
+    assert sum(int((w == 0).sum()) for w in masked_weights(ours)) == round(
+        0.6 * sum(w.numel() for w in masked_weights(ours))
+    )
+
+
+def test_a_pruned_model_has_no_hooks_and_no_reparametrisation():
+    torch.manual_seed(0)
+    for model, inputs in ((AttentionNet(), torch.randn(4, 3, 16, 16)),
+                          (SmallConvNet(), torch.randn(4, 3, 16, 16))):
+        method = prune()
+        compress(method, model, inputs)
+        train_steps(model, method, inputs, steps=2)
+        for module in model.modules():
+            assert not module._forward_pre_hooks and not module._forward_hooks
+        names = [name for name, _ in model.named_parameters()]
+        assert not any(name.endswith("_orig") for name in names)
+        assert set(model.state_dict()) == set(type(model)().state_dict())
+
+
+def test_the_state_dict_is_plain_after_compression_and_training():
+    torch.manual_seed(0)
+    model, method = build_model("resnet18", 10), prune("amount=0.5")
+    inputs = torch.randn(4, 3, 32, 32)
+    compress(method, model, inputs)
+    total = sum(w.numel() for w in masked_weights(model))
+    for steps in (0, 4):
+        train_steps(model, method, inputs, steps=steps)
+        plain = torchvision.models.resnet18(num_classes=10)
+        plain.load_state_dict(model.state_dict(), strict=True)
+        weights = [getattr(m, a) for m, a in prunable_weights(plain)]
+        assert sum(w.numel() for w in weights) == total
+        assert sum(int((w == 0).sum()) for w in weights) == round(0.5 * total)
+
+
+def test_masks_follow_channels_last_and_sparsity_stays_exact():
+    torch.manual_seed(0)
+    model, method = SmallConvNet(), prune("amount=0.7")
+    inputs = torch.randn(4, 3, 16, 16)
+    compress(method, model, inputs)
+    zeros, total = zeros_and_total(model)
+    assert zeros == round(0.7 * total)
+    model = model.to(memory_format=torch.channels_last)
+    for conv in (model.conv1, model.conv2):
+        assert conv.weight_prune_mask.stride() == conv.weight.stride()
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    optimizer = method.optimizer(model, sgd)
+    model.train()
+    for _ in range(4):
+        loss = nn.functional.cross_entropy(
+            model(inputs.to(memory_format=torch.channels_last)), torch.arange(4)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert zeros_and_total(model) == (zeros, total)
+    for conv in (model.conv1, model.conv2):
+        assert torch.equal(conv.weight == 0, conv.weight_prune_mask == 0)
 
 
 # Channel pruning: (model, input size). Traced and pruned by Torch-Pruning on real torchvision
@@ -165,3 +327,29 @@ def test_an_amount_that_rounds_to_no_weight_masks_none():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))  # 20 weights: 0.02 × 20 rounds to 0
     _, report = compress(prune("amount=0.02"), model, torch.randn(2, 3))
     assert (report.facts["zero_weights"], report.facts["pruned_weights"]) == (0, 20)
+
+
+class Drift(torch.optim.Optimizer):
+    """Moves every weight, gradient or not: only re-zeroing after the step keeps the zeros."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {})
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for group in self.param_groups:
+            torch._foreach_add_(group["params"], 0.01)
+
+
+def test_pruned_weights_are_zeroed_again_after_every_step():
+    torch.manual_seed(0)
+    model, method = SmallConvNet(), prune("amount=0.5")
+    inputs = torch.randn(4, 3, 16, 16)
+    compress(method, model, inputs)
+    zeros, total = zeros_and_total(model)
+    optimizer = method.optimizer(model, Drift)
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs), torch.arange(4)).backward()
+        optimizer.step()
+        assert zeros_and_total(model) == (zeros, total)

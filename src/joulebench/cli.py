@@ -43,6 +43,12 @@ def training_options(function):
         click.option("--image-size", default=None,
                      help="Input side in pixels [default: 32 on digits, or the model's minimum/fixed size]."),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
+        click.option("--deterministic", is_flag=False, flag_value=True, type=click.BOOL, default=False,
+                     show_default=True,
+                     help="Deterministic kernels (cuDNN autotuning off); `--deterministic` alone means true."),
+        click.option("--tf32", is_flag=False, flag_value=True, type=click.BOOL, default=True,
+                     show_default=True,
+                     help="float32 matmuls and convolutions in TF32 on CUDA; `--tf32 false` for IEEE float32."),
         click.option("--limit-train-batches", default=None, help="Train at most N batches per epoch (quick runs)."),
         click.option("--experiment", default="joulebench", show_default=True, help="MLflow experiment name."),
         click.option("--country", default="USA", show_default=True,
@@ -99,10 +105,13 @@ def format_summary(summary: Any) -> str:
         if energy is not None else f"not measured (source: {summary.energy_sources})"
     )
     top5 = f", top-5 {metrics['top5']:.4f}" if "top5" in metrics else ""
+    warmup = (f", warm-up {100 * metrics['warmup_share']:.0f} % of it" if "warmup_share" in metrics else "")
+    flags = [f"flag      {name}: {why}" for name, why in summary.flags.items()]
     return "\n".join([
         f"accuracy  {metrics['accuracy']:.4f}{top5}",
         f"energy    {energy_text}",
-        f"duration  {metrics['duration_s']:.1f} s ({metrics['train_seconds']:.1f} s training)",
+        f"duration  {metrics['duration_s']:.1f} s ({metrics['train_seconds']:.1f} s training{warmup})",
+        *flags,
         f"run id    {summary.run_id}",
         f"open      {summary.ui}",
     ])

@@ -38,6 +38,8 @@ class RunConfig:
     seed: int = 0
     image_size: int = DIGITS_IMAGE_SIZE
     device: str = "cpu"
+    deterministic: bool = False  # deterministic kernels (cuDNN autotuning off)
+    tf32: bool = True  # float32 matmuls and convolutions in TF32 on CUDA
     limit_train_batches: int | None = None
     experiment: str = "joulebench"
     run_name: str | None = None

@@ -20,7 +20,9 @@ from joulebench.data import DataSplits, load_dataset
 from joulebench.models import build_model, default_weights_path
 from joulebench.tracking import Recorder, config_params, environment_tags, recorded_run, ui_command
 from joulebench.capacity import capacity_curve, largest_safe_bits, plot_capacity
-from joulebench.train import EpochResult, RunResult, accuracy_evaluator, fine_tune, run
+from joulebench.train import (
+    ComputeSettings, EpochResult, RunResult, accuracy_evaluator, compute_settings, fine_tune, run,
+)
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Summary:
     result: RunResult
     energy_sources: str
     ui: str
+    flags: dict[str, str]  # short_run / compute_emulated → why; empty for a trustworthy run
 
 
 def weights_source(config: RunConfig) -> str:
@@ -76,16 +79,18 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
     data, model = load_data_and_model(config)
     method = build_method(config.method, config.method_params)
     # A precision this device cannot run (stego dtype=float16 on CPU) is refused here, not mid-run.
-    method.autocast_dtype(torch.device(config.device).type)
+    settings = compute_settings(config, model, method)
     tags = environment_tags(data.version) | {"model": config.model, "method": config.method}
+    tags |= emulation_tags(settings)
+    params = config_params(config, weights_source(config)) | settings.params()
     with TemporaryDirectory(prefix="joulebench-") as scratch:
         monitor = energy.build_monitor(
             torch.device(config.device), country=config.country,
             output_dir=Path(scratch), sample_hz=config.sample_hz,
         )
-        with recorded_run(config, tags, config_params(config, weights_source(config))) as recorder:
+        with recorded_run(config, tags, params) as recorder:
             try:
-                result = run(config, data, model, method, monitor, _epoch_logger(recorder), progress)
+                result = run(config, data, model, method, monitor, settings, _epoch_logger(recorder), progress)
             finally:
                 monitor.close()
                 recorder.log_files(monitor.artifacts(), "energy")
@@ -96,8 +101,19 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
             tags = energy_tags(result, monitor)
     return Summary(
         recorder.run_id, recorder.experiment_id, result, tags["energy_source"],
-        ui_command(recorder.run_id, recorder.experiment_id),
+        ui_command(recorder.run_id, recorder.experiment_id), run_flags(result, settings),
     )
+
+
+def emulation_tags(settings: ComputeSettings) -> dict[str, str]:
+    """``compute_emulated=<why>`` when the hardware emulates the method's precision."""
+    return {"compute_emulated": settings.emulated} if settings.emulated else {}
+
+
+def run_flags(result: RunResult, settings: ComputeSettings) -> dict[str, str]:
+    """What makes this run's figures untrustworthy, by tag name (tagged, printed, reported)."""
+    short = result.short_run()
+    return ({"short_run": short} if short else {}) | emulation_tags(settings)
 
 
 def write_run_record(path: Path, summary: Summary) -> None:
@@ -135,6 +151,9 @@ def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMon
     if result.config.metrics_json:
         _write_json(result.config.metrics_json, metrics)
     recorder.set_tags(energy_tags(result, monitor))
+    short = result.short_run()
+    if short:
+        recorder.set_tags({"short_run": short})
     facts = result.report.facts
     recorder.log_params({f"compress.{k}": v for k, v in facts.items() if isinstance(v, (str, bool))})
     recorder.log_metrics({f"compress.{k}": float(v) for k, v in facts.items() if _number(v)})
@@ -170,7 +189,7 @@ def capacity_and_record(
     tags = environment_tags(data.version) | {"model": config.model, "method": "stego"}
     with recorded_run(config, tags, params, command="capacity") as recorder:
         model = fine_tune(config, data, model, progress)
-        curve = capacity_curve(model, accuracy_evaluator(config, data), bits_values, fill, config.seed)
+        curve = capacity_curve(model, accuracy_evaluator(config, data, model), bits_values, fill, config.seed)
         safe = largest_safe_bits(curve, tolerance)
         float_weights = sum(p.numel() for p in model.parameters() if p.dtype == torch.float32)
         freed_mb = safe * float_weights / 8 / 1e6

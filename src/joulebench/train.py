@@ -2,7 +2,15 @@
 
 Phases, in order, each its own window: ``idle`` (the machine at rest, for net energy),
 ``compress``, then per epoch ``train/epoch-N`` and ``eval/epoch-N``, and last ``inference``
-(a fixed number of batches, for J and ms per image). A ``total`` window encloses them all.
+(a fixed number of batches, for J and ms per image). A ``total`` window encloses them all;
+``train/warmup`` (the first steps of epoch 1: kernel selection, allocator growth) lies inside
+``train/epoch-1``, so its share of the training energy is visible.
+
+Every arm, the baseline included, runs the same best-practice path for its device
+(:class:`ComputeSettings`): channels_last for models with 2-D convolutions, cuDNN autotuning
+unless ``--deterministic``, an explicit float32 precision policy (TF32 on CUDA unless
+``--tf32 false``), fused optimisers, no host sync per step. A method changes only what its
+arithmetic changes: the stored dtype of the weights, an autocast, passes around the step.
 """
 
 from __future__ import annotations
@@ -10,8 +18,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from itertools import cycle, islice
 from typing import Any
@@ -22,13 +30,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from joulebench.compress import Baseline, CompressionReport, Method, compress
+from joulebench.compress import Baseline, CompressionReport, Method, OptimizerWithPasses, compress
+from joulebench.compress.base import OptimizerFactory
 from joulebench.config import RunConfig
 from joulebench.data import DataSplits, make_loader
 from joulebench.energy import EnergyMonitor, Measurement
 
 # Training FLOPs per sample ≈ forward + backward (twice the forward): the usual 3× rule.
 TRAIN_FLOPS_PER_FORWARD = 3
+WARMUP_WINDOW = "train/warmup"
+WARMUP_STEPS = 3  # first steps of epoch 1: cuDNN's kernel search, allocator growth, Adam's state
+# A run is flagged short_run when training is shorter than MLPerf Power's minimum measurement
+# time, or when its warm-up is more than this share of the training energy.
+MIN_TRAIN_SECONDS = 60.0
+MAX_WARMUP_SHARE = 0.10
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # torch.optim's fused Adam and SGD run on these
 
 
 @dataclass
@@ -68,6 +84,7 @@ class RunResult:
     phases: dict[str, Measurement] = field(default_factory=dict)
     inference_images: int = 0
     model: nn.Module | None = None
+    warmup: Measurement | None = None
 
     @property
     def final(self) -> EpochResult:
@@ -130,7 +147,35 @@ class RunResult:
                 values["inference_j_per_image"] = inference.total_joules / self.inference_images
         for device, joules in total.joules.items():
             values[f"energy_total_j_{device}"] = joules
+        if self.warmup is not None:
+            values["warmup_seconds"] = self.warmup.seconds
+            values["energy_warmup_j"] = self.warmup.total_joules
+            values["warmup_share"] = self.warmup_share()
         return {key: float(value) for key, value in values.items() if value is not None}
+
+    def warmup_share(self) -> float | None:
+        """The warm-up's share of the training energy — of the training time where no meter
+        read both."""
+        if self.warmup is None:
+            return None
+        train_j = self.train_joules()
+        if self.warmup.total_joules is not None and train_j:
+            return self.warmup.total_joules / train_j
+        seconds = self.train_seconds()
+        return self.warmup.seconds / seconds if seconds else None
+
+    def short_run(self) -> str | None:
+        """Why this run is too short to mean anything, or None: training under MLPerf Power's
+        60 s minimum, or a warm-up over 10 % of the training energy."""
+        reasons = []
+        seconds = self.train_seconds()
+        if seconds < MIN_TRAIN_SECONDS:
+            reasons.append(f"training {seconds:.1f} s < {MIN_TRAIN_SECONDS:.0f} s (MLPerf Power's minimum)")
+        share = self.warmup_share()
+        if share is not None and share > MAX_WARMUP_SHARE:
+            of = "energy" if self.warmup and self.warmup.total_joules is not None and self.train_joules() else "time"
+            reasons.append(f"warm-up {100 * share:.0f} % of training {of} > {100 * MAX_WARMUP_SHARE:.0f} %")
+        return "; ".join(reasons) or None
 
 
 def _sum_or_none(values: Iterator[float | None]) -> float | None:
@@ -138,14 +183,115 @@ def _sum_or_none(values: Iterator[float | None]) -> float | None:
     return None if not listed or None in listed else sum(listed)
 
 
+@dataclass(frozen=True)
+class ComputeSettings:
+    """The training path a run computes on — the same for every arm on a device, except what
+    the method's arithmetic changes (stored dtype, autocast). Recorded as ``compute.*``."""
+
+    device: torch.device
+    channels_last: bool  # the model has 2-D convolutions
+    deterministic: bool
+    tf32: bool  # float32 matmuls and convolutions in TF32 (CUDA; CPUs compute float32 as IEEE)
+    fused_optimizer: bool
+    stored_dtype: torch.dtype | None  # the method stores the weights in it (stego: bfloat16)
+    autocast_dtype: torch.dtype | None  # the method autocasts to it (stego dtype=float16)
+    emulated: str | None  # why the hardware emulates the method's precision, if it does
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.stored_dtype or self.autocast_dtype or torch.float32
+
+    def params(self) -> dict[str, str]:
+        """What the run records about its training path."""
+        cuda = self.device.type == "cuda"
+        return {
+            "compute.memory_format": "channels_last" if self.channels_last else "contiguous",
+            "compute.cudnn": ("deterministic" if self.deterministic else "benchmark") if cuda else "n/a (cpu)",
+            "compute.float32_precision": "tf32" if cuda and self.tf32 else "ieee",
+            "compute.optimizer": "fused" if self.fused_optimizer else "foreach",
+            "compute.weights_dtype": _dtype_name(self.stored_dtype or torch.float32),
+            "compute.autocast": _dtype_name(self.autocast_dtype) if self.autocast_dtype else "none",
+            "compute.dtype": _dtype_name(self.compute_dtype),
+        }
+
+    def apply_backends(self) -> None:
+        """Set PyTorch's global kernel choices to these settings (before any work)."""
+        torch.backends.cudnn.benchmark = not self.deterministic
+        torch.backends.cudnn.deterministic = self.deterministic
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+        precision = "tf32" if self.tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images as the model takes it: on the device, in the stored dtype and the
+        memory format of the weights."""
+        images = images.to(self.device, dtype=self.stored_dtype or images.dtype, non_blocking=True)
+        return images.contiguous(memory_format=self.memory_format) if images.dim() == 4 else images
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def compute_settings(config: RunConfig, model: nn.Module, method: Method) -> ComputeSettings:
+    """The training path for ``config``'s device and this model and method (``autocast_dtype``
+    raises ConfigError for a precision the device cannot run)."""
+    device = torch.device(config.device)
+    stored, autocast = method.stored_dtype(), method.autocast_dtype(device.type)
+    return ComputeSettings(
+        device=device,
+        channels_last=any(isinstance(m, nn.Conv2d) for m in model.modules()),
+        deterministic=config.deterministic,
+        tf32=config.tf32,
+        fused_optimizer=device.type in FUSED_OPTIMIZER_DEVICES,
+        stored_dtype=stored,
+        autocast_dtype=autocast,
+        emulated=emulated_precision(stored or autocast, device),
+    )
+
+
+def native_bfloat16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); PyTorch's probes."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def emulated_precision(dtype: torch.dtype | None, device: torch.device) -> str | None:
+    """Why ``device`` would emulate ``dtype`` (no native units: PyTorch falls back to reference
+    kernels and the energy says nothing about the method), or None where it is native."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = _dtype_name(dtype)
+    if device.type == "cpu":
+        if dtype == torch.bfloat16 and not native_bfloat16_cpu():
+            return ("cpu: no native bfloat16 (AVX512-BF16/AMX); PyTorch runs reference kernels "
+                    "(about 26× slower on an AVX2 host)")
+        return None
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        needed = (8, 0) if dtype == torch.bfloat16 else (7, 0)
+        if (major, minor) < needed:
+            return (f"cuda: compute capability {major}.{minor} has no {name} tensor cores "
+                    f"(needs {needed[0]}.{needed[1]})")
+    return None
+
+
 def seed_everything(seed: int) -> None:
-    """Same seed, same run: Python, NumPy and torch RNGs, deterministic kernels."""
+    """Same seed, same initialisation, split and order: Python, NumPy and torch RNGs."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
 
 
 def synchronize(device: torch.device) -> None:
@@ -154,12 +300,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def prepare(
+    config: RunConfig, model: nn.Module, method: Method, settings: ComputeSettings
+) -> tuple[nn.Module, OptimizerWithPasses, torch.amp.GradScaler]:
+    """A compressed model in the training memory format, with the method's optimiser and
+    (for float16 autocast only) a gradient scaler."""
+    model = model.to(settings.device, memory_format=settings.memory_format)
+    optimizer = method.optimizer(model, optimizer_factory(config, settings))
+    # float16 gradients underflow without scaling; bfloat16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.autocast_dtype == torch.float16)
+    return model, optimizer, scaler
+
+
 def run(
     config: RunConfig,
     data: DataSplits,
     model: nn.Module,
     method: Method,
     monitor: EnergyMonitor,
+    settings: ComputeSettings,
     on_epoch: Callable[[EpochResult], None] = lambda epoch: None,
     progress: bool = True,
 ) -> RunResult:
@@ -168,7 +327,8 @@ def run(
     ``on_epoch`` is called after every epoch, so a run stopped later keeps what it finished.
     """
     seed_everything(config.seed)
-    device = torch.device(config.device)
+    settings.apply_backends()
+    device = settings.device
     train_loader = make_loader(data.train, config.batch_size, True, config.seed, device)
     val_loader = make_loader(data.val, config.batch_size, False, config.seed, device)
     example = next(iter(val_loader))[0][:2].to(device)
@@ -180,109 +340,98 @@ def run(
             model, report = compress(method, model, example)
             model = model.to(device)
             synchronize(device)
+        model, optimizer, scaler = prepare(config, model, method, settings)
         result = RunResult(config, report, model=model)
-        optimizer = make_optimizer(config, model)
-        autocast = autocast_context(method, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=_needs_scaler(method, device))
         for epoch in range(1, config.epochs + 1):
+            loss_sum = torch.zeros((), device=device)
+            total = min(len(train_loader), config.limit_train_batches or len(train_loader))
+            batches = iter(tqdm(islice(train_loader, total), total=total, leave=False,
+                                desc=f"epoch {epoch}/{config.epochs}", disable=not progress))
             with monitor.window(f"train/epoch-{epoch}") as train_window:
-                loss, samples = train_epoch(
-                    model, train_loader, optimizer, scaler, method, autocast, device,
-                    config.limit_train_batches, f"epoch {epoch}/{config.epochs}", progress,
-                )
+                samples = 0
+                if epoch == 1:
+                    with monitor.window(WARMUP_WINDOW) as warmup_window:
+                        samples += train_steps(model, islice(batches, WARMUP_STEPS), optimizer, scaler,
+                                               settings, loss_sum)
+                        synchronize(device)
+                samples += train_steps(model, batches, optimizer, scaler, settings, loss_sum)
                 synchronize(device)
+            if epoch == 1:
+                result.warmup = warmup_window.measurement
             with monitor.window(f"eval/epoch-{epoch}") as eval_window:
-                top1, top5 = evaluate(model, val_loader, autocast, device, data.num_classes)
+                top1, top5 = evaluate(model, val_loader, settings, data.num_classes)
                 synchronize(device)
             epoch_result = EpochResult(
-                epoch, loss, top1, top5, samples, train_window.measurement, eval_window.measurement
+                epoch, loss_sum.item() / max(samples, 1), top1, top5, samples,
+                train_window.measurement, eval_window.measurement,
             )
             result.epochs.append(epoch_result)
             on_epoch(epoch_result)
         with monitor.window("inference"):
-            result.inference_images = benchmark_inference(
-                model, val_loader, autocast, device, config.inference_batches
-            )
+            result.inference_images = benchmark_inference(model, val_loader, settings, config.inference_batches)
             synchronize(device)
     # Per-epoch windows ("train/epoch-N") live in the epochs; the rest are the run's phases.
     result.phases = {m.name: m for m in monitor.measurements if "/" not in m.name}
     return result
 
 
-def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def optimizer_factory(config: RunConfig, settings: ComputeSettings) -> OptimizerFactory:
+    """Builds ``config``'s optimiser over given parameters, fused where the device has it."""
+    implementation = {"fused": True} if settings.fused_optimizer else {"foreach": True}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=1e-4)
-    return torch.optim.Adam(params, lr=config.lr)
-
-
-def autocast_context(method: Method, device: torch.device) -> Callable[[], Any]:
-    """A factory of the autocast context the method asks for (float32 when it asks none)."""
-    dtype = method.autocast_dtype(device.type)
-    if dtype is None:
-        return nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def _needs_scaler(method: Method, device: torch.device) -> bool:
-    # float16 gradients underflow without scaling; bfloat16 has float32's range and needs none.
-    return device.type == "cuda" and method.autocast_dtype(device.type) == torch.float16
+        return lambda params: torch.optim.SGD(
+            params, lr=config.lr, momentum=0.9, weight_decay=1e-4, **implementation
+        )
+    return lambda params: torch.optim.Adam(params, lr=config.lr, **implementation)
 
 
 def classification_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy; Inception's auxiliary head adds 0.4 × its loss, as torchvision trains it."""
+    """Cross-entropy in float32 (logits of a bfloat16 model are bfloat16); Inception's auxiliary
+    head adds 0.4 × its loss, as torchvision trains it."""
     if hasattr(output, "aux_logits") and output.aux_logits is not None:
-        return F.cross_entropy(output.logits, target) + 0.4 * F.cross_entropy(output.aux_logits, target)
-    return F.cross_entropy(output, target)
+        return (F.cross_entropy(output.logits.float(), target)
+                + 0.4 * F.cross_entropy(output.aux_logits.float(), target))
+    return F.cross_entropy(output.float(), target)
 
 
-def train_epoch(
+def train_steps(
     model: nn.Module,
-    loader: Any,
-    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: OptimizerWithPasses,
     scaler: torch.amp.GradScaler,
-    method: Method,
-    autocast: Callable[[], Any],
-    device: torch.device,
-    limit_batches: int | None,
-    description: str,
-    progress: bool,
-) -> tuple[float, int]:
-    """One pass over ``loader``; returns the mean loss and the number of samples seen."""
+    settings: ComputeSettings,
+    loss_sum: torch.Tensor,
+) -> int:
+    """Train on ``batches``; adds each batch's summed loss to ``loss_sum`` on the device (read
+    once per epoch: no host sync per step) and returns the number of samples seen."""
     model.train()
-    # The loss is summed on the device and read once per epoch: no per-step host sync.
-    loss_sum = torch.zeros((), device=device)
     samples = 0
-    batches = islice(loader, limit_batches)
-    total = min(len(loader), limit_batches or len(loader))
-    for images, labels in tqdm(batches, total=total, desc=description, disable=not progress, leave=False):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with autocast():
-            loss = classification_loss(model(images), labels)
+    for images, labels in batches:
+        labels = labels.to(settings.device, non_blocking=True)
+        with settings.autocast():
+            loss = classification_loss(model(settings.inputs(images)), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        method.after_optimizer_step(model)
-        loss_sum += loss.detach().float() * len(labels)
+        loss_sum += loss.detach() * len(labels)
         samples += len(labels)
-    return loss_sum.item() / max(samples, 1), samples
+    return samples
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Any, autocast: Callable[[], Any], device: torch.device, num_classes: int
+    model: nn.Module, loader: Any, settings: ComputeSettings, num_classes: int
 ) -> tuple[float, float | None]:
     """Top-1 accuracy, and top-5 where there are more than five classes."""
     model.eval()
-    top1 = torch.zeros((), device=device)
-    top5 = torch.zeros((), device=device)
+    top1 = torch.zeros((), device=settings.device)
+    top5 = torch.zeros((), device=settings.device)
     seen = 0
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast():
-            logits = model(images)
+        labels = labels.to(settings.device, non_blocking=True)
+        with settings.autocast():
+            logits = model(settings.inputs(images))
         ranked = logits.topk(min(5, num_classes), dim=1).indices
         hits = ranked == labels[:, None]
         top1 += hits[:, 0].sum()
@@ -292,15 +441,13 @@ def evaluate(
 
 
 @torch.no_grad()
-def benchmark_inference(
-    model: nn.Module, loader: Any, autocast: Callable[[], Any], device: torch.device, batches: int
-) -> int:
+def benchmark_inference(model: nn.Module, loader: Any, settings: ComputeSettings, batches: int) -> int:
     """Run ``batches`` forward passes (cycling the loader); returns the images processed."""
     model.eval()
     images_seen = 0
     for images, _ in islice(cycle(loader), batches):
-        with autocast():
-            model(images.to(device, non_blocking=True))
+        with settings.autocast():
+            model(settings.inputs(images))
         images_seen += len(images)
     return images_seen
 
@@ -308,21 +455,19 @@ def benchmark_inference(
 def fine_tune(config: RunConfig, data: DataSplits, model: nn.Module, progress: bool) -> nn.Module:
     """Plain float32 fine-tuning, no windows: trains the model a capacity curve is taken on."""
     seed_everything(config.seed)
-    device = torch.device(config.device)
-    model = model.to(device)
-    loader = make_loader(data.train, config.batch_size, True, config.seed, device)
-    optimizer = make_optimizer(config, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    settings = compute_settings(config, model, Baseline())
+    settings.apply_backends()
+    model, optimizer, scaler = prepare(config, model, Baseline(), settings)
+    loader = make_loader(data.train, config.batch_size, True, config.seed, settings.device)
     for epoch in range(1, config.epochs + 1):
-        train_epoch(
-            model, loader, optimizer, scaler, Baseline(), nullcontext, device,
-            config.limit_train_batches, f"fine-tune {epoch}/{config.epochs}", progress,
-        )
+        batches = tqdm(islice(loader, config.limit_train_batches), desc=f"fine-tune {epoch}/{config.epochs}",
+                       disable=not progress, leave=False)
+        train_steps(model, batches, optimizer, scaler, settings, torch.zeros((), device=settings.device))
     return model
 
 
-def accuracy_evaluator(config: RunConfig, data: DataSplits) -> Callable[[nn.Module], float]:
-    """A function giving a model's float32 top-1 validation accuracy."""
-    device = torch.device(config.device)
-    loader = make_loader(data.val, config.batch_size, False, config.seed, device)
-    return lambda model: evaluate(model.to(device), loader, nullcontext, device, data.num_classes)[0]
+def accuracy_evaluator(config: RunConfig, data: DataSplits, model: nn.Module) -> Callable[[nn.Module], float]:
+    """A function giving a float32 model's top-1 validation accuracy (``model``: its architecture)."""
+    settings = compute_settings(config, model, Baseline())
+    loader = make_loader(data.val, config.batch_size, False, config.seed, settings.device)
+    return lambda candidate: evaluate(candidate.to(settings.device), loader, settings, data.num_classes)[0]

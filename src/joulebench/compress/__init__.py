@@ -1,7 +1,9 @@
 """Compression methods behind one small interface, and their registry.
 
 A method is built from its validated parameters, changes the model before training
-(``apply``), may hook training (``autocast_dtype``, ``after_optimizer_step``) and fills a
+(``apply``: zeros, bits, dtypes, layers), may shape training (``stored_dtype``,
+``autocast_dtype``, and ``optimizer``, which wraps the optimiser's step with the method's
+passes: masks, re-imposed bits, truncation) and fills a
 :class:`CompressionReport` saying what it changed. To add a method: subclass
 :class:`Method` in its own file, declare ``name`` and ``params``, and register it in
 ``METHODS`` below.

@@ -1,11 +1,16 @@
 """prune: magnitude pruning — masked (paper-faithful) or channels physically removed.
 
-Default: global unstructured L1 pruning with ``torch.nn.utils.prune.global_unstructured`` over
-every conv and linear weight (attention projections included); the masks stay on through
-training, so the dense compute is unchanged. ``structured=true``: Torch-Pruning's dependency
-graph removes the ``amount`` fraction of channels from every layer, keeping residual, dense and
-attention blocks consistent, so parameters and FLOPs really fall; the classifier heads are
-skipped and listed."""
+Default: global unstructured L1 pruning over every conv and linear weight (attention
+projections included): the ``amount`` smallest magnitudes are set to real zeros in place, and
+each tensor's mask is kept as a non-persistent buffer ``<weight>_prune_mask`` on its module,
+so the state dict stays plain (it loads into the unpruned architecture). No forward hooks and
+no reparametrisation: around every optimiser step the gradients of the masked weights are
+multiplied by their masks (so the optimiser state of pruned weights stays zero) and the
+weights are multiplied by them again afterwards (weight decay and momentum cannot revive a
+zero). The dense compute is unchanged — the paper's "no saving", measured honestly.
+``structured=true``: Torch-Pruning's dependency graph removes the ``amount`` fraction of
+channels from every layer, keeping residual, dense and attention blocks consistent, so
+parameters and FLOPs really fall; the classifier heads are skipped and listed."""
 
 from __future__ import annotations
 
@@ -15,13 +20,22 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn.utils import prune
 from torchvision.models.vision_transformer import VisionTransformer
 
-from joulebench.compress.base import Method, ParamSpec, classifier_heads, output_classes, parse_bool
+from joulebench.compress.base import (
+    Method,
+    OptimizerFactory,
+    OptimizerWithPasses,
+    ParamSpec,
+    classifier_heads,
+    output_classes,
+    parse_bool,
+    trainable,
+)
 
 PRUNABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+MASK_SUFFIX = "_prune_mask"
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -35,55 +49,73 @@ def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return targets
 
 
-def _refresh_out_proj_weight(attention: nn.MultiheadAttention, inputs: Any) -> None:
-    # nn.MultiheadAttention reads out_proj.weight without calling out_proj, so the pruning hook
-    # that recomputes weight = weight_orig * weight_mask never runs and the second backward
-    # fails (pytorch/pytorch#69353); run out_proj's pruning hooks before every attention call.
-    for hook in attention.out_proj._forward_pre_hooks.values():
-        if isinstance(hook, prune.BasePruningMethod):
-            hook(attention.out_proj, inputs)
+def smallest_magnitudes(t: torch.Tensor, amount: float) -> torch.Tensor:
+    """A bool tensor shaped like ``t``, True at its ``round(amount × n)`` smallest magnitudes:
+    ``prune.L1Unstructured``'s selection found with a k-th value, linear time, where
+    L1Unstructured's ``topk`` sorts (on VGG16's 134M weights on 2 CPU cores 3 s instead of
+    20 s). Ties at the threshold are taken first ones first, so exactly that many are True."""
+    count = round(amount * t.numel())
+    magnitudes = t.detach().abs().flatten()
+    if count == 0:
+        return torch.zeros_like(magnitudes, dtype=torch.bool).view(t.shape)
+    threshold = magnitudes.kthvalue(count).values
+    pruned = magnitudes < threshold
+    tied = (magnitudes == threshold).nonzero().flatten()
+    pruned[tied[: count - int(pruned.sum())]] = True
+    return pruned.view(t.shape)
 
 
-class L1UnstructuredByThreshold(prune.BasePruningMethod):
-    """``prune.L1Unstructured``'s selection — the ``amount`` smallest magnitudes — found with a
-    k-th value, linear time, where L1Unstructured's ``topk`` sorts: on VGG16's 134M weights
-    on 2 CPU cores 3 s instead of 20 s. Ties at the threshold are masked first ones first, so
-    exactly ``round(amount × n)`` weights are masked, as with L1Unstructured."""
-
-    PRUNING_TYPE = "unstructured"
-
-    def __init__(self, amount: float) -> None:
-        self.amount = amount
-
-    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
-        count = round(self.amount * t.numel())
-        mask = default_mask.clone()
-        if count == 0:
-            return mask
-        magnitudes = t.abs().flatten()
-        threshold = magnitudes.kthvalue(count).values
-        pruned = magnitudes < threshold
-        tied = (magnitudes == threshold).nonzero().flatten()
-        pruned[tied[: count - int(pruned.sum())]] = True
-        return mask.masked_fill_(pruned.view_as(mask), 0)
-
-
+@torch.no_grad()
 def prune_weights(model: nn.Module, amount: float) -> None:
-    """Global L1 unstructured pruning of ``amount`` of all conv and linear weights, masks kept."""
-    prune.global_unstructured(prunable_weights(model), L1UnstructuredByThreshold, amount=amount)
-    for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention):
-            module.register_forward_pre_hook(_refresh_out_proj_weight)
+    """Zero the ``amount`` smallest magnitudes over all conv and linear weights in place and
+    keep each tensor's mask (1 kept, 0 pruned, the weight's dtype and layout) as the
+    non-persistent buffer ``<attribute>_prune_mask`` of its module."""
+    targets = prunable_weights(model)
+    weights = [getattr(module, attr) for module, attr in targets]
+    pruned = smallest_magnitudes(torch.cat([w.detach().flatten() for w in weights]), amount)
+    for (module, attr), weight, chunk in zip(
+        targets, weights, pruned.split([w.numel() for w in weights])
+    ):
+        mask = torch.empty_like(weight).copy_(chunk.logical_not().view(weight.shape))
+        module.register_buffer(f"{attr}{MASK_SUFFIX}", mask, persistent=False)
+        weight.mul_(mask)  # like weight_orig * mask: a pruned negative weight becomes -0.0
+
+
+def masked_pairs(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, mask) of every tensor ``prune_weights`` masked, in module order."""
+    return [
+        (getattr(module, name.removesuffix(MASK_SUFFIX)), mask)
+        for module in model.modules()
+        for name, mask in module.named_buffers(recurse=False)
+        if name.endswith(MASK_SUFFIX)
+    ]
 
 
 def masked_weights(model: nn.Module) -> list[torch.Tensor]:
-    """The effective (mask-applied) weight of every tensor ``torch.nn.utils.prune`` masks."""
-    return [
-        getattr(module, buffer_name.removesuffix("_mask"))
-        for module in model.modules()
-        for buffer_name, _ in module.named_buffers(recurse=False)
-        if buffer_name.endswith("_mask")
-    ]
+    """Every weight ``prune_weights`` masked (its pruned entries are real zeros)."""
+    return [weight for weight, _ in masked_pairs(model)]
+
+
+class MaskedOptimizer(OptimizerWithPasses):
+    """Masks the gradients of the pruned weights before each step (their optimiser state
+    stays zero, as with ``torch.nn.utils.prune``, where weight_orig's gradient is grad × mask)
+    and re-zeroes the weights after it; one ``torch._foreach_mul_`` each, no host sync."""
+
+    def __init__(
+        self, inner: torch.optim.Optimizer, pairs: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        super().__init__(inner)
+        self.weights = [weight for weight, _ in pairs]
+        self.masks = [mask for _, mask in pairs]
+
+    def before_step(self) -> None:
+        present = [(w.grad, m) for w, m in zip(self.weights, self.masks) if w.grad is not None]
+        if present:
+            torch._foreach_mul_([g for g, _ in present], [m for _, m in present])
+
+    def after_step(self) -> None:
+        if self.weights:
+            torch._foreach_mul_(self.weights, self.masks)
 
 
 def _trace_training_branches(model: nn.Module, example: torch.Tensor) -> Any:
@@ -164,6 +196,12 @@ class Prune(Method):
         else:
             prune_weights(model, self.values["amount"])
         return model
+
+    def optimizer(self, model: nn.Module, build: OptimizerFactory) -> OptimizerWithPasses:
+        if self.values["structured"]:
+            return super().optimizer(model, build)
+        # The masks are read now, on the model's device and in its training memory format.
+        return MaskedOptimizer(build(trainable(model)), masked_pairs(model))
 
     def facts(self, model: nn.Module) -> dict[str, Any]:
         if self.values["structured"]:
