@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import html
 import math
 import re
 import shutil
@@ -13,15 +14,18 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
+from joulebench import report
 from joulebench.cli import main
 from joulebench.report import (
     Estimate,
     Ratio,
+    build_report,
     energy_to_accuracy,
     format_number,
     pareto_front,
     significance_mark,
 )
+from joulebench.tracking import RunRecord
 
 T_975_2_DOF = 4.302652729749462  # Student's t, 97.5th percentile, 2 degrees of freedom (tables: 4.303)
 
@@ -51,9 +55,10 @@ FLOPS = {"baseline": 1.8e9, "stego": 1.8e9, "prune": 1.8e9, "lowrank": 1.5e9}
 
 
 def log_run(client, experiment_id, *, model, method, repeat, accuracy, energy=None, history=None,
-            dataset="digits", device="cpu", host="h1", extra_tags=None, status="FINISHED", start=None):
+            dataset="digits", device="cpu", host="h1", extra_tags=None, status="FINISHED", start=None,
+            extra_params=None):
     """A run shaped as `joulebench train` logs one (the keys the report reads)."""
-    config_hash = f"{model}-{method}-{dataset}-{device}-{host}-{repeat}"
+    config_hash = "-".join([model, method, dataset, device, host, str(repeat), *(extra_params or {}).values()])
     run = client.create_run(experiment_id, run_name=f"{model}-{method}-r{repeat}", start_time=start,
                             tags={"config_hash": config_hash, "repeat": str(repeat), "host": host,
                                   "energy_source": "rapl", **(extra_tags or {})})
@@ -63,6 +68,7 @@ def log_run(client, experiment_id, *, model, method, repeat, accuracy, energy=No
               "limit_train_batches": "None", "seed": str(repeat), "repeat": str(repeat)}
     if method == "prune":
         params |= {"method.amount": "0.5", "method.structured": "False"}
+    params |= extra_params or {}
     metrics = [Metric("accuracy", accuracy, 0, 0), Metric("flops_per_sample", FLOPS[method], 0, 0),
                Metric("parameters", 11.7e6, 0, 0)]
     if energy is not None:
@@ -323,3 +329,160 @@ def test_statistics_edges():
     assert energy_to_accuracy([(1, 0.5), (2, 0.9)], [(1, 10.0), (2, 20.0)], 0.9) == 30.0
     assert energy_to_accuracy([(1, 0.5), (2, 0.8)], [(1, 10.0), (2, 20.0)], 0.9) is None
     assert [format_number(v) for v in (1234.4, 0.0623, 12.0, 0.0)] == ["1,234", "0.0623", "12.0", "0"]
+
+
+# --------------------------------------------------------------------------- caveats: short_run, compute_emulated
+
+SHORT = "training 12.3 s < 60 s (MLPerf Power's minimum)"
+SHORT_WARMUP = "training 11.9 s < 60 s (MLPerf Power's minimum); warm-up 14 % of training energy > 10 %"
+EMULATED = "cpu: no native bfloat16 (AVX512-BF16/AMX); PyTorch runs reference kernels"
+NEW_PARAMS = {"deterministic": "True", "tf32": "False"}
+# model, method, deterministic → [(accuracy, energy_train_j, tags)]; baseline vs stego alone is "**"
+CAVEAT_RUNS = {
+    ("resnet18", "baseline", "True"): [(0.90, 1000.0, {}), (0.92, 1100.0, {}), (0.91, 1050.0, {})],
+    ("resnet18", "stego", "True"): [(0.90, 600.0, {"short_run": SHORT}), (0.91, 650.0, {"short_run": SHORT_WARMUP}),
+                                    (0.95, 620.0, {})],
+    ("resnet18", "lowrank", "True"): [(0.90, 600.0, {"compute_emulated": EMULATED}),
+                                      (0.91, 650.0, {"compute_emulated": EMULATED}),
+                                      (0.95, 620.0, {"compute_emulated": EMULATED})],
+    ("vgg16", "baseline", "True"): [(0.90, 1000.0, {"short_run": SHORT}), (0.92, 1100.0, {"short_run": SHORT}),
+                                    (0.91, 1050.0, {"short_run": SHORT})],
+    ("vgg16", "stego", "True"): [(0.90, 600.0, {}), (0.91, 650.0, {}), (0.95, 620.0, {})],
+    # Only `deterministic` differs from the first group's resnet18 rows.
+    ("resnet18", "baseline", "False"): [(0.90, 1000.0, {}), (0.92, 1100.0, {}), (0.91, 1050.0, {})],
+    ("resnet18", "stego", "False"): [(0.90, 600.0, {}), (0.91, 650.0, {}), (0.95, 620.0, {})],
+}
+
+
+@pytest.fixture(scope="module")
+def caveat_report(tmp_path_factory, empty_store):
+    """The folder `joulebench report` wrote for CAVEAT_RUNS, plus runs logged before
+    `deterministic` and `tf32` existed (neither param)."""
+    folder = tmp_path_factory.mktemp("caveats")
+    shutil.copyfile(empty_store, folder / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment_id = client.create_experiment("joulebench", artifact_location=str(folder / "artifacts"))
+    for (model, method, deterministic), runs in CAVEAT_RUNS.items():
+        for repeat, (accuracy, energy, tags) in enumerate(runs):
+            log_run(client, experiment_id, model=model, method=method, repeat=repeat, accuracy=accuracy,
+                    energy=energy, history=([accuracy], [energy]), extra_tags=tags,
+                    extra_params=NEW_PARAMS | {"deterministic": deterministic})
+    for method, energies_ in (("baseline", (1000.0, 1100.0, 1050.0)), ("stego", (600.0, 650.0, 620.0))):
+        for repeat, energy in enumerate(energies_):
+            log_run(client, experiment_id, model="resnet18", method=method, repeat=repeat, accuracy=0.9,
+                    energy=energy, history=([0.9], [energy]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        main(["report", "--out", "out"])
+    return folder / "out"
+
+
+def caveat_rows(out, deterministic="True"):
+    """summary.csv's rows of one group (the groups share dataset and device), by (model, method)."""
+    with (out / "summary.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if f"deterministic={deterministic};" in row["settings"]]
+    return {(row["model"], row["method"]): row for row in rows}
+
+
+def table_line(markdown, model, method):
+    (line,) = [line for line in markdown.splitlines() if line.startswith(f"| {model} | 32 | {method} |")]
+    return line
+
+
+def test_short_run_row_is_marked_and_draws_no_significance(caveat_report):
+    rows = caveat_rows(caveat_report)
+    stego = rows["resnet18", "stego"]
+    assert stego["short_run"] == f"{SHORT_WARMUP} | {SHORT}" and stego["compute_emulated"] == ""
+    assert float(stego["energy_train_j_ratio"]) == pytest.approx(623.3333333 / 1050.0)  # the ratio stands
+    for key in ("energy_train_j", "accuracy", "train_seconds", "flops_per_sample"):
+        assert stego[f"{key}_significance"] in ("n/a (short run)", "not measured")
+    assert stego["energy_train_j_significance"] == "n/a (short run)" and stego["energy_train_j_p"] == ""
+    assert rows["resnet18", "baseline"]["short_run"] == ""
+
+    markdown = (caveat_report / "summary.md").read_text()
+    line = table_line(markdown, "resnet18", "stego †")
+    assert "| 0.594× n/a (short run) |" in line and "(p=" not in line
+    assert (f"- † short run: resnet18 · 32 px · stego, 2 of 3 runs: {SHORT_WARMUP} | {SHORT}"
+            in markdown.splitlines())
+    page = (caveat_report / "report.html").read_text()
+    assert "<td>stego †</td>" in page and "<td>0.594× n/a (short run)</td>" in page
+    assert html.escape(SHORT_WARMUP) in page
+
+
+def test_emulated_row_is_marked_and_draws_no_significance(caveat_report):
+    lowrank = caveat_rows(caveat_report)["resnet18", "lowrank"]
+    assert lowrank["compute_emulated"] == EMULATED and lowrank["short_run"] == ""
+    assert lowrank["energy_train_j_significance"] == "n/a (emulated)" and lowrank["energy_train_j_p"] == ""
+    assert float(lowrank["energy_train_j_ratio"]) == pytest.approx(623.3333333 / 1050.0)
+    markdown = (caveat_report / "summary.md").read_text()
+    assert "| 0.594× n/a (emulated) |" in table_line(markdown, "resnet18", "lowrank ‡")
+    assert f"- ‡ emulated: resnet18 · 32 px · lowrank, 3 of 3 runs: {EMULATED}" in markdown.splitlines()
+    assert "<td>lowrank ‡</td>" in (caveat_report / "report.html").read_text()
+
+
+def test_ratio_to_a_short_baseline_draws_no_significance(caveat_report):
+    rows = caveat_rows(caveat_report)
+    stego, baseline = rows["vgg16", "stego"], rows["vgg16", "baseline"]
+    assert stego["short_run"] == "" and baseline["short_run"] == SHORT
+    assert stego["energy_train_j_significance"] == "n/a (short run)" and stego["energy_train_j_p"] == ""
+    assert float(stego["energy_train_j_ratio"]) == pytest.approx(623.3333333 / 1050.0)
+    markdown = (caveat_report / "summary.md").read_text()
+    assert "| 0.594× n/a (short run) |" in table_line(markdown, "vgg16", "stego")
+    assert "- † short run: vgg16 · 32 px · baseline, 3 of 3 runs:" in markdown
+
+
+def test_runs_differing_only_in_deterministic_are_two_groups(caveat_report):
+    for deterministic in ("True", "False"):
+        rows = caveat_rows(caveat_report, deterministic)
+        assert rows["resnet18", "baseline"]["n"] == "3" and rows["resnet18", "stego"]["n"] == "3"
+        assert rows["resnet18", "baseline"]["settings"].endswith(f"deterministic={deterministic}; tf32=False")
+    unmarked = caveat_rows(caveat_report, "False")["resnet18", "stego"]
+    assert unmarked["energy_train_j_significance"] == "**" and unmarked["short_run"] == ""
+    markdown = (caveat_report / "summary.md").read_text()
+    assert markdown.count("## digits · cpu@h1 ·") == 3
+    assert "limit_train_batches=None, deterministic=False, tf32=False" in markdown
+
+
+def test_runs_without_the_new_params_still_report_in_their_own_group(caveat_report):
+    rows = caveat_rows(caveat_report, "None")  # logged before `deterministic` and `tf32` existed
+    assert sorted(rows) == [("resnet18", "baseline"), ("resnet18", "stego")]
+    stego = rows["resnet18", "stego"]
+    assert stego["settings"].endswith("deterministic=None; tf32=None") and stego["n"] == "3"
+    assert stego["energy_train_j_significance"] == "**"
+    assert float(stego["energy_train_j_ratio"]) == pytest.approx(623.3333333 / 1050.0)
+
+
+def test_legend_explains_the_marks_and_marked_plots_render(caveat_report):
+    # Group 3 (deterministic=True by title) has marked rows in every plot; each is a real figure.
+    for name in ("energy_by_model", "accuracy_vs_energy", "energy_vs_flops"):
+        height, width, _ = imread(caveat_report / f"{name}_3.png").shape
+        assert height > 300 and width > 300
+    page = (caveat_report / "report.html").read_text()
+    assert "† short run: too short to measure" in page and "‡ emulated: the hardware emulates" in page
+
+
+def test_plots_draw_marked_rows_hatched_or_hollow(monkeypatch, tmp_path):
+    def record(method, repeat, energy, tags):
+        params = {"model": "resnet18", "method": method, "image_size": "32", "device": "cpu"}
+        return RunRecord(f"{method}{repeat}", method, repeat, params,
+                         {"config_hash": f"{method}{repeat}", "energy_source": "rapl", **tags},
+                         {"energy_train_j": energy, "accuracy": 0.9, "flops_per_sample": 1.8e9})
+    runs = [record("baseline", r, 1000.0 + r, {}) for r in range(2)]
+    runs += [record("stego", r, 600.0 + r, {"short_run": SHORT}) for r in range(2)]
+    runs += [record("lowrank", r, 700.0 + r, {}) for r in range(2)]
+    ((_, rows),) = build_report(runs, 0.99, lambda run_id, key: [])
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda figure, path: figures.append(figure))
+    for _, plot in report.PLOTS:
+        assert plot(rows, tmp_path / "plot.png")
+    bars, scatter, mechanism = (figure.axes[0] for figure in figures)
+    # lowrank, stego: hatched where marked; the hatched legend entry says what it means
+    assert [patch.get_hatch() for patch in bars.patches] == [None, None, "//"]
+    assert "hatched: † short run (not comparable)" in [text.get_text() for text in bars.get_legend().texts]
+    assert "energy source: rapl" in bars.get_title()
+    # Hollow: the stego point alone (the mechanism plot has no baseline point; legend entries have none).
+    for axes, count in ((scatter, 3), (mechanism, 2)):
+        points = [c for c in axes.collections if len(c.get_offsets())]
+        assert len(points) == count and [c.get_facecolors().size == 0 for c in points].count(True) == 1
+    assert "energy source: rapl" in scatter.get_title() and "energy source: rapl" in mechanism.get_title()

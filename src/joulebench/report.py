@@ -35,8 +35,30 @@ from joulebench.tracking import RunRecord
 BASELINE = "baseline"
 CONFIDENCE = 0.95
 # Params that make runs incomparable (they split groups); model, image size and method split rows.
-GROUP_PARAMS = ("dataset", "weights", "epochs", "batch_size", "lr", "optimizer", "limit_train_batches")
+# Runs logged before a param existed lack it: "None" is then its own value, never a KeyError.
+GROUP_PARAMS = ("dataset", "weights", "epochs", "batch_size", "lr", "optimizer", "limit_train_batches",
+                "deterministic", "tf32")
 SIGNIFICANCE_MARKS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
+
+
+@dataclass(frozen=True)
+class Caveat:
+    """A run tag ``train`` sets (its value the reason) when the run's energy says nothing about the method.
+
+    A row any of whose runs carries it is marked, and no significance is drawn for it, nor for
+    the rows whose baseline it is: a t-test on such energies would only lend them weight.
+    """
+
+    tag: str
+    marker: str
+    withheld: str  # the note in place of the Welch mark: "n/a (short run)"
+    meaning: str  # the legend's words
+
+
+CAVEATS = (
+    Caveat("short_run", "†", "short run", "too short to measure (MLPerf Power's minimums)"),
+    Caveat("compute_emulated", "‡", "emulated", "the hardware emulates the method's precision"),
+)
 
 
 @dataclass(frozen=True)
@@ -166,10 +188,27 @@ class Row:
     energy_source: str = ""
     target_accuracy: float | None = None
     energy_to_accuracy_note: str = ""  # why there is no value, or how many repeats reached it
+    caveats: dict[str, str] = field(default_factory=dict)  # caveat tag → its runs' reasons
+    voided_by: tuple[Caveat, ...] = ()  # the caveats of this row and of its baseline: no significance
 
     @property
     def is_baseline(self) -> bool:
         return self.key.method == BASELINE
+
+    @property
+    def marks(self) -> tuple[Caveat, ...]:
+        return tuple(caveat for caveat in CAVEATS if caveat.tag in self.caveats)
+
+    @property
+    def label(self) -> str:
+        """The method with its caveats' markers: "stego †"."""
+        markers = "".join(caveat.marker for caveat in self.marks)
+        return f"{self.key.method} {markers}" if markers else self.key.method
+
+    @property
+    def withheld(self) -> str:
+        """The note in place of a significance mark, "n/a (short run)"; "" where a test may be drawn."""
+        return f"n/a ({', '.join(c.withheld for c in self.voided_by)})" if self.voided_by else ""
 
 
 def device_label(run: RunRecord) -> str:
@@ -224,13 +263,28 @@ def summarise_group(
         row.estimates = {m.key: _estimate(row.runs, m.key) for m in METRICS if m.key != ENERGY_TO_ACCURACY}
         sources = sorted({run.tags.get("energy_source", "none") for run in row.runs})
         row.energy_source = sources[0] if len(sources) == 1 else "mixed: " + " | ".join(sources)
+        row.caveats = _caveats(row.runs)
     for row in summarised:
         baseline = baselines.get((row.key.model, row.key.image_size))
         _energy_to_accuracy(row, baseline, target_fraction, history)
     for row in summarised:
         baseline = baselines.get((row.key.model, row.key.image_size))
+        row.voided_by = _voided_by(row, baseline)
         row.ratios = {m.key: _ratio(row, baseline, m.key) for m in METRICS if m.ratio}
     return summarised
+
+
+def _caveats(runs: list[RunRecord]) -> dict[str, str]:
+    """Each caveat any run carries, with the runs' distinct reasons (a reason may hold "; ")."""
+    reasons = {caveat.tag: sorted({run.tags[caveat.tag] for run in runs if run.tags.get(caveat.tag)})
+               for caveat in CAVEATS}
+    return {tag: " | ".join(found) for tag, found in reasons.items() if found}
+
+
+def _voided_by(row: Row, baseline: Row | None) -> tuple[Caveat, ...]:
+    """The caveats of the row or its baseline: a ratio to a short baseline is no evidence either."""
+    marked = [row.caveats] + ([baseline.caveats] if baseline is not None else [])
+    return tuple(caveat for caveat in CAVEATS if any(caveat.tag in caveats for caveats in marked))
 
 
 def _ratio(row: Row, baseline: Row | None, key: str) -> Ratio:
@@ -238,7 +292,10 @@ def _ratio(row: Row, baseline: Row | None, key: str) -> Ratio:
         return Ratio(1.0, None, BASELINE)
     if baseline is None:
         return Ratio(None, None, "no baseline")
-    return Ratio.against(row.estimates[key], baseline.estimates[key])
+    ratio = Ratio.against(row.estimates[key], baseline.estimates[key])
+    if row.withheld and ratio.value is not None:  # the ratio is still what was measured
+        return Ratio(ratio.value, None, row.withheld)
+    return ratio
 
 
 def _row_order(item: tuple[RowKey, list[RunRecord]]) -> tuple:
@@ -305,7 +362,7 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     header += [f"{_metric(key).label} vs baseline" for key in TABLE_RATIOS]
     cells = []
     for row in rows:
-        line = [row.key.model, row.key.image_size, row.key.method, str(len(row.runs))]
+        line = [row.key.model, row.key.image_size, row.label, str(len(row.runs))]
         for metric in METRICS:
             missing = (metric.key == ENERGY_TO_ACCURACY and row.energy_to_accuracy_note) or "not measured"
             line.append(format_estimate(row.estimates.get(metric.key), metric.scale, missing))
@@ -319,6 +376,17 @@ def _metric(key: str) -> Metric:
     return next(metric for metric in METRICS if metric.key == key)
 
 
+def footnotes(rows: list[Row]) -> list[str]:
+    """A line per marked row under its table: the caveat, on how many of its runs, and why."""
+    lines = []
+    for row in rows:
+        for caveat in row.marks:
+            count = sum(bool(run.tags.get(caveat.tag)) for run in row.runs)
+            lines.append(f"{caveat.marker} {caveat.withheld}: {row.key.model} · {row.key.image_size} px · "
+                         f"{row.key.method}, {count} of {len(row.runs)} runs: {row.caveats[caveat.tag]}")
+    return lines
+
+
 def csv_rows(group: GroupKey, rows: list[Row]) -> list[dict[str, Any]]:
     """summary.csv: raw units (J, s, FLOP, bytes), one column per number."""
     out = []
@@ -328,6 +396,7 @@ def csv_rows(group: GroupKey, rows: list[Row]) -> list[dict[str, Any]]:
             "settings": "; ".join(f"{k}={v}" for k, v in group.settings if k != "dataset"),
             "model": row.key.model, "image_size": row.key.image_size, "method": row.key.method,
             "n": len(row.runs), "energy_source": row.energy_source,
+            **{caveat.tag: row.caveats.get(caveat.tag, "") for caveat in CAVEATS},
             "target_accuracy": "" if row.target_accuracy is None else row.target_accuracy,
             "energy_to_accuracy_note": row.energy_to_accuracy_note,
         }
@@ -354,29 +423,68 @@ def markdown_table(header: list[str], cells: list[list[str]]) -> str:
 # --------------------------------------------------------------------------- plots
 
 
+# How plots tell a marked row (a caveat: short run, emulated) from a comparable one.
+MARKED_HATCH = "//"
+
+
+def _present(marks: list[tuple[Caveat, ...]]) -> tuple[Caveat, ...]:
+    return tuple(caveat for caveat in CAVEATS if any(caveat in found for found in marks))
+
+
+def _marked_label(style: str, caveats: tuple[Caveat, ...], whose: str = "") -> str:
+    return f"{style}: {', '.join(f'{c.marker} {c.withheld}' for c in caveats)} ({whose}not comparable)"
+
+
+def _annotate_marks(axes: Any, row: Row, point: tuple[float, float]) -> None:
+    axes.annotate("".join(caveat.marker for caveat in row.marks), point, xytext=(0, 3),
+                  textcoords="offset points", ha="center", fontsize="small")
+
+
+def _energy_sources(rows: list[Row]) -> str:
+    """Every plot says what measured its energy: an estimate must not pass for a meter."""
+    sources = {run.tags.get("energy_source", "none") for row in rows for run in row.runs}
+    return "energy source: " + ", ".join(sorted(sources))
+
+
+def _scatter(axes: Any, point: tuple[float, float], color: Any, marker: str, hollow: bool) -> None:
+    face = "none" if hollow else color
+    axes.scatter(*point, facecolors=face, edgecolors=color, marker=marker, zorder=3)
+
+
 def plot_energy_by_model(rows: list[Row], path: Path) -> bool:
     """Mean training energy per model, one bar per method, 95 % CI as error bars."""
     measured = [row for row in rows if row.estimates["energy_train_j"]]
     if not measured:
         return False
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     models = list(dict.fromkeys(row.key.model for row in measured))
     methods = list(dict.fromkeys(row.key.method for row in measured))
     width = 0.8 / len(methods)
     figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(models) * len(methods) ** 0.5), 4.5))
+    handles = []  # plain patches: a method's legend entry must not take its first bar's hatch
     for index, method in enumerate(methods):
-        by_model = {
-            row.key.model: row.estimates["energy_train_j"] for row in measured if row.key.method == method
-        }
-        means = [by_model[m].mean / 1e3 if m in by_model else np.nan for m in models]
-        errors = [(by_model[m].ci95 or 0) / 1e3 if m in by_model else 0 for m in models]
+        by_model = {row.key.model: row for row in measured if row.key.method == method}
+        estimates = [by_model[m].estimates["energy_train_j"] if m in by_model else None for m in models]
+        means = [e.mean / 1e3 if e else np.nan for e in estimates]
+        errors = [(e.ci95 or 0) / 1e3 if e else 0 for e in estimates]
         positions = np.arange(len(models)) + (index - (len(methods) - 1) / 2) * width
-        axes.bar(positions, means, width, yerr=errors, capsize=3, label=method)
+        bars = axes.bar(positions, means, width, yerr=errors, capsize=3)
+        handles.append(Patch(facecolor=bars.patches[0].get_facecolor(), label=method))
+        for bar, model, error in zip(bars, models, errors):
+            if model in by_model and by_model[model].marks:
+                bar.set_hatch(MARKED_HATCH)
+                top = (bar.get_x() + bar.get_width() / 2, bar.get_height() + error)  # above the error bar
+                _annotate_marks(axes, by_model[model], top)
     axes.set_xticks(np.arange(len(models)), models, rotation=20)
     axes.set_ylabel("training energy (kJ)")
-    axes.set_title("Training energy per model, by method (mean ± 95 % CI)")
-    axes.legend(fontsize="small")
+    axes.set_title(f"Training energy per model, by method (mean ± 95 % CI)\n{_energy_sources(measured)}")
+    caveats = _present([row.marks for row in measured])
+    if caveats:
+        handles.append(Patch(facecolor="white", edgecolor="grey", hatch=MARKED_HATCH,
+                             label=_marked_label("hatched", caveats)))
+    axes.legend(handles=handles, fontsize="small")
     _save(figure, path)
     return True
 
@@ -401,18 +509,26 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(7, 5))
     markers = dict(zip(dict.fromkeys(row.key.method for row in measured), "os^Dv<>pPX*h"))
     for model in dict.fromkeys(row.key.model for row in measured):
-        points = [(row.key.method, row.estimates["energy_train_j"].mean / 1e3, row.estimates["accuracy"].mean)
-                  for row in measured if row.key.model == model]
+        mine = [row for row in measured if row.key.model == model]
         color = axes.plot([], [])[0].get_color()  # the next colour of the cycle, one per model
-        for method, energy, accuracy in points:
-            axes.scatter(energy, accuracy, color=color, marker=markers[method], zorder=3)
-        front = pareto_front([(energy, accuracy) for _, energy, accuracy in points])
-        axes.step(*zip(*front), where="post", color=color, alpha=0.6, label=f"{model} (Pareto front)")
+        for row in mine:
+            point = (row.estimates["energy_train_j"].mean / 1e3, row.estimates["accuracy"].mean)
+            _scatter(axes, point, color, markers[row.key.method], hollow=bool(row.marks))
+            if row.marks:
+                _annotate_marks(axes, row, point)
+        # A marked row's energy says nothing about its method: it may not set the front.
+        front = pareto_front([(row.estimates["energy_train_j"].mean / 1e3, row.estimates["accuracy"].mean)
+                              for row in mine if not row.marks])
+        if front:
+            axes.step(*zip(*front), where="post", color=color, alpha=0.6, label=f"{model} (Pareto front)")
     for method, marker in markers.items():
         axes.scatter([], [], color="grey", marker=marker, label=method)
+    caveats = _present([row.marks for row in measured])
+    if caveats:
+        axes.scatter([], [], facecolors="none", edgecolors="grey", label=_marked_label("hollow", caveats))
     axes.set_xlabel("training energy (kJ)")
     axes.set_ylabel("validation accuracy")
-    axes.set_title("Accuracy vs training energy")
+    axes.set_title(f"Accuracy vs training energy\n{_energy_sources(measured)}")
     axes.legend(fontsize="small")
     _save(figure, path)
     return True
@@ -420,30 +536,34 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
 
 def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:
     """Energy ratio vs FLOP ratio to baseline: on the diagonal, the saved energy is saved compute."""
-    points = [
-        (row.key.method, row.key.model,
-         row.ratios["flops_per_sample"].value, row.ratios["energy_train_j"].value)
-        for row in rows if not row.is_baseline
-    ]
-    points = [point for point in points if point[2] and point[3]]
-    if not points:
+    plotted = [row for row in rows if not row.is_baseline
+               and row.ratios["flops_per_sample"].value and row.ratios["energy_train_j"].value]
+    if not plotted:
         return False
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 6))
-    for method in dict.fromkeys(method for method, *_ in points):
-        mine = [(model, flops, energy) for m, model, flops, energy in points if m == method]
-        axes.scatter([flops for _, flops, _ in mine], [energy for *_, energy in mine], label=method, zorder=3)
-        for model, flops, energy in mine:
-            axes.annotate(model, (flops, energy), fontsize="x-small", xytext=(3, 3),
+    for method in dict.fromkeys(row.key.method for row in plotted):
+        color = axes.plot([], [])[0].get_color()  # the next colour of the cycle, one per method
+        axes.scatter([], [], color=color, label=method)
+        for row in (row for row in plotted if row.key.method == method):
+            point = (row.ratios["flops_per_sample"].value, row.ratios["energy_train_j"].value)
+            # A ratio is void when either side is marked: hollow, the row's or its baseline's marks.
+            _scatter(axes, point, color, "o", hollow=bool(row.voided_by))
+            marks = "".join(caveat.marker for caveat in row.voided_by)
+            axes.annotate(f"{row.key.model} {marks}".strip(), point, fontsize="x-small", xytext=(3, 3),
                           textcoords="offset points")
+    caveats = _present([row.voided_by for row in plotted])
+    if caveats:
+        axes.scatter([], [], facecolors="none", edgecolors="grey",
+                     label=_marked_label("hollow", caveats, "row or its baseline: "))
     limit = max([1.2, *axes.get_xlim(), *axes.get_ylim()])
     axes.plot([0, limit], [0, limit], color="grey", linestyle="--", label="energy falls as FLOPs fall")
     axes.set_xlim(0, limit)
     axes.set_ylim(0, limit)
     axes.set_xlabel("FLOPs per sample / baseline")
     axes.set_ylabel("training energy / baseline")
-    axes.set_title("Mechanism: does energy follow compute?")
+    axes.set_title(f"Mechanism: does energy follow compute?\n{_energy_sources(plotted)}")
     axes.legend(fontsize="small")
     _save(figure, path)
     return True
@@ -521,28 +641,34 @@ def write_report(groups: list[tuple[GroupKey, list[Row]]], out: Path) -> list[Pa
             else:  # the file still exists, so pipelines that declare it (dvc.yaml) always find it
                 _nothing_to_plot(path, name)
             plots.append(path)
-        sections.append((group, table_rows(rows), images))
+        sections.append((group, table_rows(rows), footnotes(rows), images))
     md_path.write_text(_markdown(sections))
     html_path.write_text(_html(sections))
     return [csv_path, md_path, html_path, *plots]
 
 
-def _markdown(sections: list[tuple[GroupKey, tuple[list[str], list[list[str]]], list[Path]]]) -> str:
+# A group's title, table (header, cells), footnotes and plots, as summary.md and report.html show them.
+Section = tuple[GroupKey, tuple[list[str], list[list[str]]], list[str], list[Path]]
+
+
+def _markdown(sections: list[Section]) -> str:
     parts = ["# joulebench report", "", _LEGEND, ""]
-    for group, (header, cells), images in sections:
+    for group, (header, cells), notes, images in sections:
         parts += [f"## {group.title}", "", markdown_table(header, cells), ""]
+        parts += [f"- {note}" for note in notes] + ([""] if notes else [])
         parts += [f"![{image.stem}]({image.name})" for image in images] + [""]
     return "\n".join(parts)
 
 
-def _html(sections: list[tuple[GroupKey, tuple[list[str], list[list[str]]], list[Path]]]) -> str:
+def _html(sections: list[Section]) -> str:
     """One file, images inlined as data URIs: it opens offline, mailed or archived alone."""
     body = [f"<h1>joulebench report</h1><p>{html.escape(_LEGEND)}</p>"]
-    for group, (header, cells), images in sections:
+    for group, (header, cells), notes, images in sections:
         body.append(f"<h2>{html.escape(group.title)}</h2><table><tr>"
                     + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
         body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells]
         body.append("</table>")
+        body += [f"<p>{html.escape(note)}</p>" for note in notes]
         for image in images:
             data = base64.b64encode(image.read_bytes()).decode()
             body.append(f'<figure><img alt="{image.stem}" src="data:image/png;base64,{data}"></figure>')
@@ -557,7 +683,10 @@ _LEGEND = (
     "Ratios are to the same model's baseline in the same group; marks come from Welch's t-test "
     "over the repeats: *** p<0.001, ** p<0.01, * p<0.05, ns otherwise. Train energy is gross "
     "(net subtracts idle power). Energy sources other than nvml_counter, nvml_power and rapl "
-    "are estimates."
+    "are estimates. "
+    + " ".join(f"{caveat.marker} {caveat.withheld}: {caveat.meaning}." for caveat in CAVEATS)
+    + " No significance is drawn for a marked row, nor against a marked baseline; the reasons are "
+    "under each table, and plots draw marked rows hatched or hollow."
 )
 
 
