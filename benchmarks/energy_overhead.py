@@ -5,8 +5,9 @@ one epoch (or ``--batches`` of it) at a time, interleaved round by round so that
 neighbour slows every arm alike:
 
   plain    a bare PyTorch loop: forward, cross-entropy, backward, step;
-  loop     joulebench's ``train_epoch``, no monitor;
-  metered  ``train_epoch`` inside the windows the training loop opens, all meters on.
+  loop     joulebench's ``train_steps``, no monitor (NCHW and the same optimiser as plain,
+           so that this arm differs from plain by the kit's loop alone);
+  metered  ``train_steps`` inside the windows the training loop opens, all meters on.
 
 It prints samples/s per arm (median and spread over rounds) and the ratio metered / plain
 (target >= 0.99), both per wall second and per CPU second of the whole process (all threads,
@@ -27,7 +28,6 @@ import copy
 import statistics
 import tempfile
 import time
-from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 
@@ -35,13 +35,17 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from joulebench.compress import build_method
 from joulebench.data import load_digits_splits, make_loader
 from joulebench.energy import EnergyMonitor, Meter, build_monitor
 from joulebench.energy.sampler import PowerSampler
-from joulebench.train import train_epoch
+from joulebench.train import ComputeSettings, train_steps
 
 CPU = torch.device("cpu")
+# The kit's float32 path on CPU, NCHW like the plain arm: this benchmark measures the meters.
+LOOP_SETTINGS = ComputeSettings(
+    device=CPU, channels_last=False, deterministic=False, tf32=False, fused_optimizer=False,
+    stored_dtype=None, autocast_dtype=None, emulated=None,
+)
 
 
 class FakeGpuPower(Meter):
@@ -87,11 +91,7 @@ def plain_epoch(model, loader, optimizer, batches: int | None) -> int:
 
 def loop_epoch(model, loader, optimizer, batches: int | None) -> int:
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    _, samples = train_epoch(
-        model, loader, optimizer, scaler, build_method("baseline", {}), nullcontext, CPU,
-        batches, "benchmark", progress=False,
-    )
-    return samples
+    return train_steps(model, islice(loader, batches), optimizer, scaler, LOOP_SETTINGS, torch.zeros(()))
 
 
 def build_bench_monitor(output_dir: Path, sample_hz: float) -> tuple[EnergyMonitor, bool]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the kit in one short session (≈ 8 minutes on one H100), for hosts lent
+# Every GPU check of the kit in one short session (≤ 8 minutes on one H100: the timeouts add up to 465 s), for hosts lent
 # briefly: energy meters (counter vs integrated power vs CodeCarbon), the real-NVML tests, the
 # per-method step-time benchmark on CUDA, and `joulebench train` on resnet50 per method.
 # Usage: OUT=results-dir benchmarks/gpu_session.sh   (wheels in .whl/ are installed first when
@@ -24,23 +24,22 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 python3 -m joulebench meters --device cuda
 
 step "energy meters: counter vs integrated power vs CodeCarbon (resnet50, 224 px, bf16)"
-timeout 200 python3 benchmarks/gpu_check.py --bf16 --train-seconds 60 --idle-seconds 8
+timeout 80 python3 benchmarks/gpu_check.py --bf16 --train-seconds 20 --idle-seconds 5
 
 step "tests marked gpu, against the real NVML"
-timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_energy_nvml.py
+timeout 45 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_energy_nvml.py
 
-if [[ -f benchmarks/methods.py ]]; then
-    step "per-method training step time on CUDA"
-    timeout 150 python3 benchmarks/methods.py --device cuda --size 224 --batch-size 64 --rounds 5 --steps 5
-fi
+step "per-method step time and NVML-counter energy on CUDA (issue 10: stego ÷ baseline ≤ 0.60)"
+timeout 150 python3 benchmarks/methods.py --device cuda --models resnet50:224,vgg16:224,vit_b_16:224 \
+    --batch-size 128 --rounds 3 --steps 3
 
 step "joulebench train: resnet50, digits at 224 px, one short epoch per method"
 for method in baseline stego prune lowrank; do
-    timeout 75 python3 -m joulebench train --model resnet50 --weights none --method "$method" \
-        --image-size 224 --batch-size 128 --epochs 1 --limit-train-batches 40 \
-        --idle-seconds 5 --inference-batches 10 --device cuda --quiet --run-name "gpu-$method"
+    timeout 40 python3 -m joulebench train --model resnet50 --weights none --method "$method" \
+        --image-size 224 --batch-size 128 --epochs 1 --limit-train-batches 20 \
+        --idle-seconds 3 --inference-batches 10 --device cuda --quiet --run-name "gpu-$method"
 done
 step "report of those runs"
-timeout 60 python3 -m joulebench report --out "$WORK/report" && cat "$WORK/report/summary.md"
+timeout 30 python3 -m joulebench report --out "$WORK/report" && cat "$WORK/report/summary.md"
 cp "$WORK/mlflow.db" "$WORK"/report/summary.* "$OUT"/ 2>/dev/null
 step "done"
