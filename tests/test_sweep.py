@@ -269,7 +269,7 @@ def test_kubernetes_submissions_rebuild_the_sweeps_config_in_the_pod():
         "parent_run_id": "PARENT", "run_name": "tinynet-prune-r0", "model": "tinynet", "method": "prune",
         "dataset": "digits", "data_dir": "data/datasets", "weights": "none", "epochs": "3", "batch_size": "64",
         "lr": "0.001", "optimizer": "adam", "seed": "0", "image_size": "32", "device": "cuda:0",
-        "limit-train-batches": "3", "experiment": "joulebench", "country": "USA", "idle_seconds": "5.0",
+        "deterministic": "False", "tf32": "True", "limit-train-batches": "3", "experiment": "joulebench", "country": "USA", "idle_seconds": "5.0",
         "inference_batches": "10", "sample_hz": "10.0", "repeat": "0", "param": "amount=0.7,structured=true",
     }
     for combination in combinations:

@@ -152,11 +152,11 @@ def test_a_three_batch_stego_run_is_flagged_short_and_saves_its_bfloat16_weights
     assert result.returncode == 0, result.stderr
     client, run = only_run(workdir / "mlflow.db")
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    assert tags["short_run"].startswith("training ") and "warm-up 100 % of training" in tags["short_run"]
+    assert tags["short_run"].startswith("training ") and "% of training energy > 10 %" in tags["short_run"]
     assert f"flag      short_run: {tags['short_run']}" in result.stdout
     assert (params["compute.weights_dtype"], params["compute.memory_format"]) == ("bfloat16", "channels_last")
     assert (params["deterministic"], params["tf32"]) == ("False", "True")
-    assert metrics["warmup_share"] == 1.0  # all three batches are the warm-up
+    assert metrics["warmup_share"] > 0.9  # all three batches are the warm-up (the epoch adds its edges)
     windows = artifact_json(client, run, "energy/windows.json", workdir)
     by_name = {w["name"]: w for w in windows}
     warmup, epoch = by_name["train/warmup"], by_name["train/epoch-1"]
