@@ -38,7 +38,7 @@ import torchvision
 from joulebench.data import load_digits_splits, make_loader
 from joulebench.energy import EnergyMonitor, Meter, build_monitor
 from joulebench.energy.sampler import PowerSampler
-from joulebench.train import ComputeSettings, train_steps
+from joulebench.train import ComputeSettings, LossTally, train_steps
 
 CPU = torch.device("cpu")
 # The kit's float32 path on CPU, NCHW like the plain arm: this benchmark measures the meters.
@@ -91,7 +91,7 @@ def plain_epoch(model, loader, optimizer, batches: int | None) -> int:
 
 def loop_epoch(model, loader, optimizer, batches: int | None) -> int:
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return train_steps(model, islice(loader, batches), optimizer, scaler, LOOP_SETTINGS, torch.zeros(()))
+    return train_steps(model, islice(loader, batches), optimizer, scaler, LOOP_SETTINGS, LossTally(CPU))
 
 
 def build_bench_monitor(output_dir: Path, sample_hz: float) -> tuple[EnergyMonitor, bool]:

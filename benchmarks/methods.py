@@ -49,7 +49,9 @@ from joulebench import energy
 from joulebench.compress import CompressionReport, build_method, compress, parse_method_params
 from joulebench.config import RunConfig
 from joulebench.models import build_model
-from joulebench.train import compute_settings, native_bfloat16_cpu, prepare, synchronize, train_steps
+from joulebench.train import (
+    LossTally, compute_settings, native_bfloat16_cpu, prepare, synchronize, train_steps,
+)
 
 KIT_ARMS: list[tuple[str, tuple[str, ...]]] = [
     ("baseline", ()),
@@ -119,9 +121,9 @@ def kit_arm(model_name: str, method_name: str, pairs: tuple[str, ...], example: 
     model, optimizer, scaler = prepare(config, model, method, settings)
 
     def train(batches: Batches) -> torch.Tensor:
-        total = torch.zeros((), device=example.device)
-        train_steps(model, batches, optimizer, scaler, settings, total)
-        return total
+        tally = LossTally(example.device)
+        train_steps(model, batches, optimizer, scaler, settings, tally)
+        return tally.total
 
     return Arm(" ".join((method_name, *pairs)), report, train, lambda: optimizer.zero_grad(set_to_none=True))
 

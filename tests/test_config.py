@@ -31,6 +31,8 @@ def test_defaults_resolved():
         ({"epochs": 2.5}, "--epochs must be a whole number > 0"),
         ({"batch_size": "-8"}, "--batch-size must be > 0"),
         ({"lr": "0"}, "--lr must be > 0"),
+        ({"lr": "inf"}, "--lr must be a finite number, got 'inf'"),
+        ({"lr": "nan"}, "--lr must be > 0, got 'nan'"),
         ({"lr": "fast"}, "--lr must be a number > 0"),
         ({"model": "inception_v3", "image_size": "75"}, "below inception_v3's minimum of 299"),
         ({"model": "vit_b_16", "image_size": "96"}, "takes only 224"),

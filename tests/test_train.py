@@ -16,6 +16,7 @@ from joulebench import train
 from joulebench.compress import CompressionReport, ModelStats, build_method, parse_method_params
 from joulebench.config import RunConfig, make_config
 from joulebench.energy import Measurement
+from joulebench.errors import ConfigError
 from joulebench.models import build_model
 from joulebench.pipeline import train_and_record
 
@@ -204,3 +205,30 @@ def test_an_emulated_precision_is_tagged_and_flagged_probe_faked(workdir, monkey
     assert run.data.tags["compute_emulated"] == summary.flags["compute_emulated"]
     assert summary.flags["compute_emulated"].startswith("cpu: no native bfloat16")
     assert "short_run" in run.data.tags  # and two batches are a short run, too
+
+
+def test_a_loss_that_turns_non_finite_fails_the_run_in_one_line_naming_epoch_step_and_lr(workdir):
+    # lr 1e30 is finite (it passes validation) and makes Adam's first update overflow.
+    result = run_cli(
+        ["train", "--model", "tinynet", "--epochs", "2", "--lr", "1e30", "--limit-train-batches", "4",
+         "--idle-seconds", "0", "--inference-batches", "1", "--quiet"],
+        cwd=workdir,
+    )
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()
+    assert message[-1].startswith("joulebench: error: training diverged: the loss was not finite at epoch 1, step ")
+    assert "(lr 1e+30); lower --lr" in message[-1] and "Traceback" not in result.stderr
+    _, run = only_run(workdir / "mlflow.db")
+    assert run.info.status == "FAILED"
+
+
+def test_the_tally_names_the_first_non_finite_step():
+    tally = train.LossTally(CPU)
+    for loss in (1.0, 2.0, float("nan"), float("inf")):
+        tally.add(torch.tensor(loss), 4)
+    with pytest.raises(ConfigError, match="at epoch 3, step 3 \\(lr 0.5\\)"):
+        tally.check_finite(3, 0.5)
+    finite = train.LossTally(CPU)
+    finite.add(torch.tensor(1.5), 2)
+    finite.check_finite(1, 0.5)
+    assert finite.total.item() == 3.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,8 @@ def _positive(name: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"{name} must be a {noun} > 0, got {value!r}")
     if not number > 0:
         raise ConfigError(f"{name} must be > 0, got {value!r}")
+    if not math.isfinite(number):  # inf passes "> 0" and would train to a NaN loss
+        raise ConfigError(f"{name} must be a finite {noun}, got {value!r}")
     return number
 
 

@@ -35,6 +35,7 @@ from joulebench.compress.base import OptimizerFactory
 from joulebench.config import RunConfig
 from joulebench.data import DataSplits, make_loader
 from joulebench.energy import EnergyMonitor, Measurement
+from joulebench.errors import ConfigError
 
 # Training FLOPs per sample ≈ forward + backward (twice the forward): the usual 3× rule.
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -300,6 +301,32 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class LossTally:
+    """An epoch's summed loss and the first step whose loss was not finite, kept on the device:
+    read once per epoch, so a step never waits for the host."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.steps = torch.zeros((), dtype=torch.long, device=device)
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        loss = loss.detach()
+        self.steps += 1
+        self.total += loss * samples
+        first = ~torch.isfinite(loss) & (self.first_nonfinite < 0)
+        self.first_nonfinite = torch.where(first, self.steps, self.first_nonfinite)
+
+    def check_finite(self, epoch: int, lr: float) -> None:
+        """ConfigError (the run ends FAILED, one line) if a loss of this epoch was not finite."""
+        step = int(self.first_nonfinite.item())
+        if step >= 0:
+            raise ConfigError(
+                f"training diverged: the loss was not finite at epoch {epoch}, step {step} "
+                f"(lr {lr:g}); lower --lr"
+            )
+
+
 def prepare(
     config: RunConfig, model: nn.Module, method: Method, settings: ComputeSettings
 ) -> tuple[nn.Module, OptimizerWithPasses, torch.amp.GradScaler]:
@@ -343,7 +370,7 @@ def run(
         model, optimizer, scaler = prepare(config, model, method, settings)
         result = RunResult(config, report, model=model)
         for epoch in range(1, config.epochs + 1):
-            loss_sum = torch.zeros((), device=device)
+            tally = LossTally(device)
             total = min(len(train_loader), config.limit_train_batches or len(train_loader))
             batches = iter(tqdm(islice(train_loader, total), total=total, leave=False,
                                 desc=f"epoch {epoch}/{config.epochs}", disable=not progress))
@@ -352,17 +379,18 @@ def run(
                 if epoch == 1:
                     with monitor.window(WARMUP_WINDOW) as warmup_window:
                         samples += train_steps(model, islice(batches, WARMUP_STEPS), optimizer, scaler,
-                                               settings, loss_sum)
+                                               settings, tally)
                         synchronize(device)
-                samples += train_steps(model, batches, optimizer, scaler, settings, loss_sum)
+                samples += train_steps(model, batches, optimizer, scaler, settings, tally)
                 synchronize(device)
+            tally.check_finite(epoch, config.lr)
             if epoch == 1:
                 result.warmup = warmup_window.measurement
             with monitor.window(f"eval/epoch-{epoch}") as eval_window:
                 top1, top5 = evaluate(model, val_loader, settings, data.num_classes)
                 synchronize(device)
             epoch_result = EpochResult(
-                epoch, loss_sum.item() / max(samples, 1), top1, top5, samples,
+                epoch, tally.total.item() / max(samples, 1), top1, top5, samples,
                 train_window.measurement, eval_window.measurement,
             )
             result.epochs.append(epoch_result)
@@ -400,10 +428,9 @@ def train_steps(
     optimizer: OptimizerWithPasses,
     scaler: torch.amp.GradScaler,
     settings: ComputeSettings,
-    loss_sum: torch.Tensor,
+    tally: LossTally,
 ) -> int:
-    """Train on ``batches``; adds each batch's summed loss to ``loss_sum`` on the device (read
-    once per epoch: no host sync per step) and returns the number of samples seen."""
+    """Train on ``batches``, adding each batch's loss to ``tally``; returns the samples seen."""
     model.train()
     samples = 0
     for images, labels in batches:
@@ -414,7 +441,7 @@ def train_steps(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss.detach() * len(labels)
+        tally.add(loss, len(labels))
         samples += len(labels)
     return samples
 
@@ -462,7 +489,9 @@ def fine_tune(config: RunConfig, data: DataSplits, model: nn.Module, progress: b
     for epoch in range(1, config.epochs + 1):
         batches = tqdm(islice(loader, config.limit_train_batches), desc=f"fine-tune {epoch}/{config.epochs}",
                        disable=not progress, leave=False)
-        train_steps(model, batches, optimizer, scaler, settings, torch.zeros((), device=settings.device))
+        tally = LossTally(settings.device)
+        train_steps(model, batches, optimizer, scaler, settings, tally)
+        tally.check_finite(epoch, config.lr)
     return model
 
 
