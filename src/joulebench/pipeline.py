@@ -96,12 +96,14 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
                 recorder.log_files(monitor.artifacts(), "energy")
                 recorder.log_json("energy/windows.json", measurements_table(monitor))
             _log_result(recorder, result, monitor)
+            flags = run_flags(result, settings)
+            recorder.set_tags(flags)
             if config.save_model:
                 recorder.log_model(result.model, data.val[0][0][None])
             tags = energy_tags(result, monitor)
     return Summary(
         recorder.run_id, recorder.experiment_id, result, tags["energy_source"],
-        ui_command(recorder.run_id, recorder.experiment_id), run_flags(result, settings),
+        ui_command(recorder.run_id, recorder.experiment_id), flags,
     )
 
 
@@ -151,9 +153,6 @@ def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMon
     if result.config.metrics_json:
         _write_json(result.config.metrics_json, metrics)
     recorder.set_tags(energy_tags(result, monitor))
-    short = result.short_run()
-    if short:
-        recorder.set_tags({"short_run": short})
     facts = result.report.facts
     recorder.log_params({f"compress.{k}": v for k, v in facts.items() if isinstance(v, (str, bool))})
     recorder.log_metrics({f"compress.{k}": float(v) for k, v in facts.items() if _number(v)})

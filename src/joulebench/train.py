@@ -157,13 +157,17 @@ class RunResult:
     def warmup_share(self) -> float | None:
         """The warm-up's share of the training energy — of the training time where no meter
         read both."""
+        return self._warmup_share_of()[0]
+
+    def _warmup_share_of(self) -> tuple[float | None, str]:
+        """(the warm-up's share, what it is a share of: "energy" or "time")."""
         if self.warmup is None:
-            return None
+            return None, "time"
         train_j = self.train_joules()
         if self.warmup.total_joules is not None and train_j:
-            return self.warmup.total_joules / train_j
+            return self.warmup.total_joules / train_j, "energy"
         seconds = self.train_seconds()
-        return self.warmup.seconds / seconds if seconds else None
+        return (self.warmup.seconds / seconds if seconds else None), "time"
 
     def short_run(self) -> str | None:
         """Why this run is too short to mean anything, or None: training under MLPerf Power's
@@ -172,9 +176,8 @@ class RunResult:
         seconds = self.train_seconds()
         if seconds < MIN_TRAIN_SECONDS:
             reasons.append(f"training {seconds:.1f} s < {MIN_TRAIN_SECONDS:.0f} s (MLPerf Power's minimum)")
-        share = self.warmup_share()
+        share, of = self._warmup_share_of()
         if share is not None and share > MAX_WARMUP_SHARE:
-            of = "energy" if self.warmup and self.warmup.total_joules is not None and self.train_joules() else "time"
             reasons.append(f"warm-up {100 * share:.0f} % of training {of} > {100 * MAX_WARMUP_SHARE:.0f} %")
         return "; ".join(reasons) or None
 
@@ -371,9 +374,8 @@ def run(
         result = RunResult(config, report, model=model)
         for epoch in range(1, config.epochs + 1):
             tally = LossTally(device)
-            total = min(len(train_loader), config.limit_train_batches or len(train_loader))
-            batches = iter(tqdm(islice(train_loader, total), total=total, leave=False,
-                                desc=f"epoch {epoch}/{config.epochs}", disable=not progress))
+            batches = epoch_batches(train_loader, config.limit_train_batches,
+                                    f"epoch {epoch}/{config.epochs}", progress)
             with monitor.window(f"train/epoch-{epoch}") as train_window:
                 samples = 0
                 if epoch == 1:
@@ -381,11 +383,10 @@ def run(
                         samples += train_steps(model, islice(batches, WARMUP_STEPS), optimizer, scaler,
                                                settings, tally)
                         synchronize(device)
+                    result.warmup = warmup_window.measurement
                 samples += train_steps(model, batches, optimizer, scaler, settings, tally)
                 synchronize(device)
             tally.check_finite(epoch, config.lr)
-            if epoch == 1:
-                result.warmup = warmup_window.measurement
             with monitor.window(f"eval/epoch-{epoch}") as eval_window:
                 top1, top5 = evaluate(model, val_loader, settings, data.num_classes)
                 synchronize(device)
@@ -420,6 +421,13 @@ def classification_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
         return (F.cross_entropy(output.logits.float(), target)
                 + 0.4 * F.cross_entropy(output.aux_logits.float(), target))
     return F.cross_entropy(output.float(), target)
+
+
+def epoch_batches(loader: Any, limit: int | None, description: str, progress: bool) -> Iterator[Any]:
+    """One epoch's batches (at most ``limit``) behind a progress bar; one iterator, so that the
+    warm-up can take its first steps and the rest of the epoch the others."""
+    total = min(len(loader), limit or len(loader))
+    return iter(tqdm(islice(loader, total), total=total, desc=description, disable=not progress, leave=False))
 
 
 def train_steps(
@@ -487,8 +495,7 @@ def fine_tune(config: RunConfig, data: DataSplits, model: nn.Module, progress: b
     model, optimizer, scaler = prepare(config, model, Baseline(), settings)
     loader = make_loader(data.train, config.batch_size, True, config.seed, settings.device)
     for epoch in range(1, config.epochs + 1):
-        batches = tqdm(islice(loader, config.limit_train_batches), desc=f"fine-tune {epoch}/{config.epochs}",
-                       disable=not progress, leave=False)
+        batches = epoch_batches(loader, config.limit_train_batches, f"fine-tune {epoch}/{config.epochs}", progress)
         tally = LossTally(settings.device)
         train_steps(model, batches, optimizer, scaler, settings, tally)
         tally.check_finite(epoch, config.lr)
