@@ -509,16 +509,15 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(7, 5))
     markers = dict(zip(dict.fromkeys(row.key.method for row in measured), "os^Dv<>pPX*h"))
     for model in dict.fromkeys(row.key.model for row in measured):
-        mine = [row for row in measured if row.key.model == model]
+        points = [(row, (row.estimates["energy_train_j"].mean / 1e3, row.estimates["accuracy"].mean))
+                  for row in measured if row.key.model == model]
         color = axes.plot([], [])[0].get_color()  # the next colour of the cycle, one per model
-        for row in mine:
-            point = (row.estimates["energy_train_j"].mean / 1e3, row.estimates["accuracy"].mean)
+        for row, point in points:
             _scatter(axes, point, color, markers[row.key.method], hollow=bool(row.marks))
             if row.marks:
                 _annotate_marks(axes, row, point)
         # A marked row's energy says nothing about its method: it may not set the front.
-        front = pareto_front([(row.estimates["energy_train_j"].mean / 1e3, row.estimates["accuracy"].mean)
-                              for row in mine if not row.marks])
+        front = pareto_front([point for row, point in points if not row.marks])
         if front:
             axes.step(*zip(*front), where="post", color=color, alpha=0.6, label=f"{model} (Pareto front)")
     for method, marker in markers.items():
