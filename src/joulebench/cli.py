@@ -1,6 +1,8 @@
-"""The ``joulebench`` command: train · capacity · methods · meters.
+"""The ``joulebench`` command: train · capacity · sweep · report · methods · meters · fetch.
 
-Bad input ends with one line on stderr and exit code 2; Ctrl-C or SIGTERM with exit 130.
+The run options of train, capacity and sweep are derived from RunConfig's declarations
+(``config.py``). Bad input ends with one line on stderr and exit code 2, an environment fault
+with one line and exit 75; Ctrl-C or SIGTERM with exit 130.
 """
 
 from __future__ import annotations
@@ -9,14 +11,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from joulebench.errors import ConfigError
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+from joulebench.config import CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, option_fields
+from joulebench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, JoulebenchError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,73 +26,50 @@ def cli() -> None:
     """Measured joules for fine-tuning (compressed) pretrained networks."""
 
 
-def training_options(function):
-    """The options shared by every command that trains (train, and later sweep)."""
-    options = [
-        click.option("--dataset", default="digits", show_default=True,
-                     help="digits (embedded, no download) | cifar10 | imagefolder:PATH"),
-        click.option("--data-dir", default="data/datasets", show_default=True, type=click.Path(path_type=Path),
-                     help="Where DVC-tracked datasets live."),
-        click.option("--weights", default="imagenet", show_default=True,
-                     help="imagenet (data/weights/<model>-imagenet.pth, hash-checked) | none | PATH"),
-        click.option("--epochs", default="3", show_default=True, help="Training epochs (> 0)."),
-        click.option("--batch-size", default="64", show_default=True, help="Batch size (> 0)."),
-        click.option("--lr", default=None, help="Learning rate (> 0) [default: 0.001 adam, 0.01 sgd]."),
-        click.option("--optimizer", default="adam", show_default=True,
-                     type=click.Choice(["adam", "sgd"]), help="adam, or sgd with momentum 0.9."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed of split, init and order."),
-        click.option("--image-size", default=None,
-                     help="Input side in pixels [default: 32 on digits, or the model's minimum/fixed size]."),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
-        click.option("--deterministic", is_flag=False, flag_value=True, type=click.BOOL, default=False,
-                     show_default=True,
-                     help="Deterministic kernels (cuDNN autotuning off); `--deterministic` alone means true."),
-        click.option("--tf32", is_flag=False, flag_value=True, type=click.BOOL, default=True,
-                     show_default=True,
-                     help="float32 matmuls and convolutions in TF32 on CUDA; `--tf32 false` for IEEE float32."),
-        click.option("--limit-train-batches", default=None, help="Train at most N batches per epoch (quick runs)."),
-        click.option("--experiment", default="joulebench", show_default=True, help="MLflow experiment name."),
-        click.option("--country", default="USA", show_default=True,
-                     help="ISO 3166 alpha-3 code for CodeCarbon's grid carbon intensity."),
-        click.option("--idle-seconds", default=5.0, show_default=True, type=float,
-                     help="Length of the idle-power baseline before work."),
-        click.option("--inference-batches", default=10, show_default=True, type=int,
-                     help="Batches in the inference benchmark after training."),
-        click.option("--sample-hz", default=10.0, show_default=True, type=float,
-                     help="GPU power sampling rate (power trace)."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+def _click_type(hint: Any) -> Any:
+    """The click type of a schema hint (config.py stays free of click)."""
+    if isinstance(hint, tuple):
+        return click.Choice(list(hint))
+    return {bool: click.BOOL, FILE: click.Path(dir_okay=False, path_type=Path),
+            FOLDER: click.Path(path_type=Path)}.get(hint, hint)
+
+
+def _click_option(name: str, spec: Option) -> Callable[[Any], Any]:
+    settings = dict(spec.click)
+    if "type" in settings:
+        settings["type"] = _click_type(settings["type"])
+    return click.option(spec.flag(name), spec.key or name, default=spec.cli_default, show_default=True,
+                        help=spec.help, **settings)
+
+
+def run_options(command: str) -> Callable[[Any], Any]:
+    """The click options of ``command``, in RunConfig's order, each from its field's declaration."""
+    options = []
+    for field in option_fields():
+        spec = field.metadata["option"]
+        if command in spec.commands:
+            options.append(_click_option(field.name, spec))
+            if field.name == "method_params":  # its other input, offered right after --param
+                options.append(_click_option("params_file", PARAMS_FILE))
+
+    def decorate(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+    return decorate
 
 
 @cli.command()
-@click.option("--model", default="resnet18", show_default=True,
-              help="One of the paper's nine (densenet121 … vgg16), tinynet, or any torchvision classifier.")
-@click.option("--method", default="baseline", show_default=True, help="baseline | stego | prune | lowrank (`joulebench methods` lists their parameters).")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Method parameter (repeatable).")
-@click.option("--params-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML (DVC's params.yaml) whose methods.<METHOD> mapping gives the method's parameters; --param overrides.")
-@training_options
-@click.option("--run-name", default=None, help="MLflow run name.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--save-model", is_flag=True, help="Log the fine-tuned model (mlflow.pytorch flavour).")
-@click.option("--metrics-json", default=None, type=click.Path(dir_okay=False),
-              help="Also write the final metrics to this JSON file (DVC metrics).")
-@click.option("--run-json", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="When the run has FINISHED, write its run id and config hash to this JSON file "
-                   "(DVC's train stages do, for `report --runs-from`).")
-@click.option("--repeat", default=0, show_default=True, type=int, help="Repeat index (sweeps set it).")
-@click.option("--parent-run-id", default=None, help="Nest the run under this MLflow run (sweeps set it).")
-def train(quiet: bool, run_json: Path | None, **options: Any) -> None:
+@run_options(TRAIN)
+def train(**options: Any) -> None:
     """Fine-tune one model with one method, measured, and record it in MLflow."""
     from joulebench.config import make_config
     from joulebench.pipeline import train_and_record, write_run_record
 
     config = make_config(**options)
-    summary = train_and_record(config, progress=not quiet and sys.stderr.isatty())
-    if run_json is not None:
-        write_run_record(run_json, summary)
+    summary = train_and_record(config, progress=not config.quiet and sys.stderr.isatty())
+    if config.run_json is not None:
+        write_run_record(config.run_json, summary)
     click.echo(format_summary(summary))
 
 
@@ -118,17 +96,14 @@ def format_summary(summary: Any) -> str:
 
 
 @cli.command()
-@click.option("--model", default="resnet18", show_default=True, help="Model (as for train).")
 @click.option("--bits", "bits_text", default="0-23", show_default=True,
               help="Bits values to overwrite: a range and/or list, e.g. 0-23 or 0,8,16,20.")
 @click.option("--fill", default="zero", show_default=True, type=click.Choice(["zero", "random"]),
               help="Overwrite with zeros (compression) or a seeded random payload.")
 @click.option("--tolerance", default=0.01, show_default=True, type=float,
               help="Accuracy loss against bits = 0 still counted as harmless.")
-@training_options
-@click.option("--run-name", default=None, help="MLflow run name.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def capacity(bits_text: str, fill: str, tolerance: float, quiet: bool, **options: Any) -> None:
+@run_options(CAPACITY)
+def capacity(bits_text: str, fill: str, tolerance: float, **options: Any) -> None:
     """Steganographic capacity: fine-tune, then accuracy vs low-order bits overwritten (no training)."""
     from joulebench.capacity import parse_bits_values
     from joulebench.config import make_config
@@ -138,7 +113,7 @@ def capacity(bits_text: str, fill: str, tolerance: float, quiet: bool, **options
     if not 0 <= tolerance < 1:
         raise ConfigError(f"--tolerance must be in [0, 1), got {tolerance}; e.g. 0.01 for one point")
     config = make_config(method="baseline", **options)
-    summary = capacity_and_record(config, bits_values, fill, tolerance, not quiet and sys.stderr.isatty())
+    summary = capacity_and_record(config, bits_values, fill, tolerance, not config.quiet and sys.stderr.isatty())
     for bits, accuracy in summary.curve:
         click.echo(f"bits {bits:>2}  accuracy {accuracy:.4f}")
     click.echo(f"capacity  {summary.capacity_bits} bits per weight within {tolerance:g} of bits = 0 "
@@ -184,7 +159,7 @@ EXIT_RUNS_FAILED = 1  # the sweep went through, but some combinations failed (na
               help="Runs of each model × method; repeat r trains with seed --seed + r.")
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Method parameter, for that method only (repeatable), e.g. prune.amount=0.7.")
-@training_options
+@run_options(SWEEP)
 @click.option("--gpus", default=None, metavar="LIST",
               help="GPU indices, e.g. 0,1: one run per GPU at a time, each pinned with CUDA_VISIBLE_DEVICES.")
 @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "kubernetes"]),
@@ -268,14 +243,15 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: turns bad input into one line and exit 2, interruption into exit 130."""
+    """Entry point: an expected failure is one line and its exit code (bad input 2, environment
+    75), interruption exit 130; anything else is a bug and keeps its traceback."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep the summary readable
     try:
         cli.main(args=argv, prog_name="joulebench", standalone_mode=False)
-    except ConfigError as error:
+    except JoulebenchError as error:
         click.echo(f"joulebench: error: {error}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(error.exit_code)
     except click.UsageError as error:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
         click.echo(f"joulebench: error: {error.format_message()}{hint}", err=True)

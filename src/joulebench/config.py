@@ -1,88 +1,87 @@
-"""RunConfig: everything one run needs, validated once, frozen, logged as the run's params."""
+"""RunConfig: every option of a run, declared once, validated once, frozen.
+
+Each field of :class:`RunConfig` is one declaration — its type, its default, its help text,
+how it is validated, which commands offer it and what role it plays — and everything else is
+derived from it: the click options (``cli.run_options``), :func:`make_config`'s validation
+loop, the config hash, the MLflow params, a sweep child's command line, and the test that
+holds both MLproject files to it. Adding an option is one field here plus its use.
+
+A field either identifies the result (``IDENTITY``: model, method and its parameters, data,
+weights, schedule, seed, device, precision, meters — hashed, logged as params, handed to sweep
+children) or says where it is filed (``FILING``: experiment, run name, parent run, output
+paths, save-model, quiet — none of which changes what is measured).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-
-from joulebench.compress import parse_method_params
-from joulebench.data import check_dataset_spec
-from joulebench.energy import check_sample_hz
 from joulebench.errors import ConfigError
-from joulebench.models import DIGITS_IMAGE_SIZE, check_model_name, image_sizes
 
+# The schema is imported by every command, `--help` included: it stays free of torch. The
+# validators import what they check against (models, methods, datasets, meters) when called.
+
+DIGITS_IMAGE_SIZE = 32  # the embedded digits are 8 px, upscaled once to this
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 
+IDENTITY = "identity"  # what the result is: hashed, logged as a param, handed to sweep children
+FILING = "filing"  # where the result is filed: never hashed, never a param
+TRAIN, CAPACITY, SWEEP = "train", "capacity", "sweep"
+TRAINING = frozenset({TRAIN, CAPACITY, SWEEP})  # the commands that train: they share these options
+
+Resolved = dict[str, Any]  # the fields validated so far, in declaration order
+Parser = Callable[[str, Any, Resolved], Any]  # (option flag, raw value, resolved) → value or ConfigError
+
+
+def _as_given(flag: str, value: Any, resolved: Resolved) -> Any:
+    return value
+
 
 @dataclass(frozen=True)
-class RunConfig:
-    """One model × method fine-tune; every field is a validated value."""
+class Option:
+    """How a RunConfig field is offered and checked (its type and default are the field's own)."""
 
-    model: str = "resnet18"
-    method: str = "baseline"
-    method_params: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "digits"
-    data_dir: Path = Path("data/datasets")
-    weights: str = "imagenet"
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.001
-    optimizer: str = "adam"
-    seed: int = 0
-    image_size: int = DIGITS_IMAGE_SIZE
-    device: str = "cpu"
-    deterministic: bool = False  # deterministic kernels (cuDNN autotuning off)
-    tf32: bool = True  # float32 matmuls and convolutions in TF32 on CUDA
-    limit_train_batches: int | None = None
-    experiment: str = "joulebench"
-    run_name: str | None = None
-    save_model: bool = False
-    country: str = "USA"
-    idle_seconds: float = 5.0
-    inference_batches: int = 10
-    sample_hz: float = 10.0
-    repeat: int = 0  # index of this run among a sweep's repeats of the same combination
-    parent_run_id: str | None = None  # the sweep's parent MLflow run, when run by a sweep
-    metrics_json: Path | None = None  # also write the final metrics here (DVC metrics)
+    role: str
+    help: str
+    commands: frozenset[str]
+    parse: Parser
+    key: str | None  # the keyword make_config takes when it is not the field's name (params)
+    cli_flag: str | None  # the command-line flag when it is not derived from the key (--param)
+    cli_default: Any  # what the command line starts from when not the field's default (None: derived)
+    click: dict[str, Any]  # click.option settings beyond name, default and help
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), default=str, indent=2, sort_keys=True)
-
-    def config_hash(self) -> str:
-        """Identity of the result: equal hashes mean the same experiment (sweeps skip them)."""
-        identity = {k: v for k, v in asdict(self).items() if k not in NOT_IN_HASH}
-        return hashlib.sha256(json.dumps(identity, default=str, sort_keys=True).encode()).hexdigest()[:16]
+    def flag(self, name: str) -> str:
+        return self.cli_flag or "--" + (self.key or name).replace("_", "-")
 
 
-# Fields that name, place or report a run without changing what it measures.
-NOT_IN_HASH = frozenset({"experiment", "run_name", "save_model", "parent_run_id", "metrics_json"})
+def option(
+    default: Any,
+    help: str,
+    *,
+    role: str = IDENTITY,
+    commands: frozenset[str] = TRAINING,
+    parse: Parser = _as_given,
+    key: str | None = None,
+    flag: str | None = None,
+    cli_default: Any = MISSING,
+    **click: Any,
+) -> Any:
+    """A RunConfig field with its :class:`Option` declaration."""
+    spec = Option(role, help, frozenset(commands), parse, key, flag,
+                  default if cli_default is MISSING else cli_default, click)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"option": spec})
+    return field(default=default, metadata={"option": spec})
 
 
-def resolve_device(requested: str) -> str:
-    """``auto`` → ``cuda`` when one is visible, else ``cpu``; checks ``cuda:N`` exists."""
-    if requested == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if requested == "cpu":
-        return "cpu"
-    if requested == "cuda" or requested.startswith("cuda:"):
-        index = requested.partition(":")[2] or "0"
-        if not index.isdigit():
-            raise ConfigError(f"--device {requested!r} is malformed; accepted: auto, cpu, cuda, cuda:N")
-        if not torch.cuda.is_available() or int(index) >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {requested} is not available here ({torch.cuda.device_count()} CUDA "
-                "devices visible); use --device cpu or --device auto"
-            )
-        return f"cuda:{index}"
-    raise ConfigError(f"--device {requested!r} is not accepted; use auto, cpu, cuda or cuda:N")
+# --------------------------------------------------------------------------- validators
 
 
 def _positive(name: str, value: Any, kind: type) -> Any:
@@ -100,8 +99,285 @@ def _positive(name: str, value: Any, kind: type) -> Any:
     return number
 
 
+def _whole_positive(flag: str, value: Any, resolved: Resolved) -> int:
+    return _positive(flag, value, int)
+
+
+def _optional_whole_positive(flag: str, value: Any, resolved: Resolved) -> int | None:
+    return None if value is None else _positive(flag, value, int)
+
+
+def _model(flag: str, value: Any, resolved: Resolved) -> str:
+    from joulebench.models import check_model_name
+
+    check_model_name(value)
+    return value
+
+
+def _method(flag: str, value: Any, resolved: Resolved) -> str:
+    from joulebench.compress import method_names
+
+    if value not in method_names():
+        raise ConfigError(f"unknown method {value!r}; accepted: {', '.join(method_names())}")
+    return value
+
+
+def _method_params(flag: str, value: Any, resolved: Resolved) -> dict[str, Any]:
+    """``--param`` pairs over the ``--params-file`` ones (resolved just before as params_file)."""
+    from joulebench.compress import parse_method_params
+
+    path = resolved.pop("params_file")  # an input of this field, not a field itself
+    from_file = method_params_from_file(Path(path), resolved["method"]) if path else ()
+    # One --param may carry several comma-separated pairs (`mlflow run -P params=a=1,b=2`);
+    # an empty one (the MLproject default) carries none.
+    pairs = [pair for text in value or () for pair in text.split(",") if pair.strip()]
+    return parse_method_params(resolved["method"], (*from_file, *pairs))
+
+
+def _dataset(flag: str, value: Any, resolved: Resolved) -> str:
+    from joulebench.data import check_dataset_spec
+
+    check_dataset_spec(value)
+    return value
+
+
+def _weights(flag: str, value: Any, resolved: Resolved) -> str:
+    # the test model has no pretrained weights; nothing to load
+    return "none" if resolved["model"] == "tinynet" and value == "imagenet" else value
+
+
+def _optimizer(flag: str, value: Any, resolved: Resolved) -> str:
+    if value not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {value!r}; accepted: {', '.join(OPTIMIZERS)}")
+    return value
+
+
+def _lr(flag: str, value: Any, resolved: Resolved) -> float:
+    return DEFAULT_LR[resolved["optimizer"]] if value is None else _positive(flag, value, float)
+
+
+def _image_size(flag: str, value: Any, resolved: Resolved) -> int:
+    from joulebench.models import image_sizes
+
+    model = resolved["model"]
+    sizes = image_sizes(model)
+    size = sizes.default(DIGITS_IMAGE_SIZE) if value is None else _positive(flag, value, int)
+    sizes.check(model, size)
+    return size
+
+
+def _device(flag: str, value: Any, resolved: Resolved) -> str:
+    return resolve_device(value)
+
+
+def _country(flag: str, value: Any, resolved: Resolved) -> str:
+    country = str(value).upper()
+    if len(country) != 3 or not country.isalpha():
+        raise ConfigError(f"{flag} {country!r} must be an ISO 3166 alpha-3 code such as USA, FRA, DEU")
+    return country
+
+
+def _idle_seconds(flag: str, value: Any, resolved: Resolved) -> float:
+    seconds = float(value)
+    if seconds < 0:
+        raise ConfigError(f"{flag} must be ≥ 0, got {seconds}; 0 skips the idle baseline")
+    return seconds
+
+
+def _sample_hz(flag: str, value: Any, resolved: Resolved) -> float:
+    from joulebench.energy import check_sample_hz
+
+    hz = float(value)
+    check_sample_hz(hz)
+    return hz
+
+
+def _optional_path(flag: str, value: Any, resolved: Resolved) -> Path | None:
+    return Path(value) if value else None
+
+
+def _path(flag: str, value: Any, resolved: Resolved) -> Path:
+    return Path(value)
+
+
+def _whole(flag: str, value: Any, resolved: Resolved) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} must be a whole number, got {value!r}") from None
+
+
+BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _bool(flag: str, value: Any, resolved: Resolved) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() not in BOOL_TEXT:
+        raise ConfigError(f"{flag} must be true or false, got {value!r}")
+    return BOOL_TEXT[str(value).lower()]
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+# Command-line hints (cli.py turns them into click types): `type` is int, float, bool, FILE,
+# FOLDER or a tuple of choices; the rest are click.option settings as they are.
+FILE, FOLDER = "file", "folder"
+BOOL_OPTION = {"is_flag": False, "flag_value": True, "type": bool}  # `--x` alone, or `--x false`
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One model × method fine-tune; every field is a validated value (see the module docstring)."""
+
+    model: str = option(
+        "resnet18", "One of the paper's nine (densenet121 … vgg16), tinynet, or any torchvision classifier.",
+        commands={TRAIN, CAPACITY}, parse=_model)
+    method: str = option(
+        "baseline", "baseline | stego | prune | lowrank (`joulebench methods` lists their parameters).",
+        commands={TRAIN}, parse=_method)
+    # Parsed from two inputs: --params-file (declared as PARAMS_FILE below) and --param.
+    method_params: dict[str, Any] = option(
+        {}, "Method parameter (repeatable).", commands={TRAIN}, parse=_method_params, key="params", flag="--param",
+        cli_default=(), multiple=True, metavar="KEY=VALUE")
+    dataset: str = option(
+        "digits", "digits (embedded, no download) | cifar10 | imagefolder:PATH", parse=_dataset)
+    data_dir: Path = option(
+        Path("data/datasets"), "Where DVC-tracked datasets live.", parse=_path,
+        cli_default="data/datasets", type=FOLDER)
+    weights: str = option(
+        "imagenet", "imagenet (data/weights/<model>-imagenet.pth, hash-checked) | none | PATH",
+        parse=_weights)
+    epochs: int = option(3, "Training epochs (> 0).", parse=_whole_positive, cli_default="3")
+    batch_size: int = option(64, "Batch size (> 0).", parse=_whole_positive, cli_default="64")
+    optimizer: str = option(  # before lr, whose default it decides; adam listed first, the default
+        "adam", "adam, or sgd with momentum 0.9.", parse=_optimizer, type=OPTIMIZERS[::-1])
+    lr: float = option(
+        DEFAULT_LR["adam"],
+        f"Learning rate (> 0) [default: {DEFAULT_LR['adam']:g} adam, {DEFAULT_LR['sgd']:g} sgd].",
+        parse=_lr, cli_default=None)
+    seed: int = option(0, "Seed of split, init and order.", parse=_whole, type=int)
+    image_size: int = option(
+        DIGITS_IMAGE_SIZE,
+        f"Input side in pixels [default: {DIGITS_IMAGE_SIZE} on digits, or the model's minimum/fixed size].",
+        parse=_image_size, cli_default=None)
+    device: str = option("cpu", "auto | cpu | cuda | cuda:N", parse=_device, cli_default="auto")
+    deterministic: bool = option(
+        False, "Deterministic kernels (cuDNN autotuning off); `--deterministic` alone means true.",
+        parse=_bool, **BOOL_OPTION)
+    tf32: bool = option(
+        True, "float32 matmuls and convolutions in TF32 on CUDA; `--tf32 false` for IEEE float32.",
+        parse=_bool, **BOOL_OPTION)
+    limit_train_batches: int | None = option(
+        None, "Train at most N batches per epoch (quick runs).", parse=_optional_whole_positive)
+    country: str = option(
+        "USA", "ISO 3166 alpha-3 code for CodeCarbon's grid carbon intensity.", parse=_country)
+    idle_seconds: float = option(
+        5.0, "Length of the idle-power baseline before work.", parse=_idle_seconds, type=float)
+    inference_batches: int = option(
+        10, "Batches in the inference benchmark after training.", parse=_whole_positive, type=int)
+    sample_hz: float = option(
+        10.0, "GPU power sampling rate (power trace).", parse=_sample_hz, type=float)
+    repeat: int = option(  # index of this run among a sweep's repeats of the same combination
+        0, "Repeat index (sweeps set it).", commands={TRAIN}, parse=_whole, type=int)
+
+    experiment: str = option("joulebench", "MLflow experiment name.", role=FILING)
+    run_name: str | None = option(None, "MLflow run name.", role=FILING, commands={TRAIN, CAPACITY})
+    quiet: bool = option(
+        False, "No progress bars.", role=FILING, commands={TRAIN, CAPACITY}, parse=_bool, is_flag=True)
+    save_model: bool = option(
+        False, "Log the fine-tuned model (mlflow.pytorch flavour).", role=FILING, commands={TRAIN},
+        parse=_bool, is_flag=True)
+    metrics_json: Path | None = option(
+        None, "Also write the final metrics to this JSON file (DVC metrics).", role=FILING,
+        commands={TRAIN}, parse=_optional_path, type=FILE)
+    run_json: Path | None = option(
+        None, "When the run has FINISHED, write its run id and config hash to this JSON file "
+        "(DVC's train stages do, for `report --runs-from`).", role=FILING, commands={TRAIN},
+        parse=_optional_path, type=FILE)
+    parent_run_id: str | None = option(
+        None, "Nest the run under this MLflow run (sweeps set it).", role=FILING, commands={TRAIN})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str, indent=2, sort_keys=True)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that identify the result, by name."""
+        return {f.name: getattr(self, f.name) for f in option_fields(IDENTITY)}
+
+    def params(self) -> dict[str, Any]:
+        """The run's MLflow params: every identity field, the method's parameters as ``method.KEY``."""
+        identity = self.identity()
+        method_params = identity.pop("method_params")
+        return identity | {f"method.{key}": value for key, value in method_params.items()}
+
+    def config_hash(self) -> str:
+        """Identity of the result: equal hashes mean the same experiment (sweeps skip them)."""
+        return hashlib.sha256(json.dumps(self.identity(), default=str, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# An input of method_params, not a field: where --param's defaults come from (DVC's params.yaml).
+PARAMS_FILE = Option(
+    IDENTITY, "YAML (DVC's params.yaml) whose methods.<METHOD> mapping gives the method's parameters; "
+    "--param overrides.", frozenset({TRAIN}), _optional_path, "params_file", None, None,
+    {"type": FILE},
+)
+
+
+def option_fields(role: str | None = None) -> Iterator[Field]:
+    """RunConfig's fields in declaration order (only ``role``'s when given)."""
+    return (f for f in fields(RunConfig) if role is None or f.metadata["option"].role == role)
+
+
+def declaration(name: str) -> Option:
+    """The Option of a RunConfig field."""
+    return RunConfig.__dataclass_fields__[name].metadata["option"]
+
+
+def make_config(**raw: Any) -> RunConfig:
+    """Validate raw option values (command-line text or values) into a RunConfig.
+
+    Every field is resolved in declaration order from its raw value or its command-line
+    default; the first problem raises ConfigError. A key no field declares is a bug.
+    """
+    keys = {f.metadata["option"].key or f.name: f.name for f in option_fields()} | {"params_file": None}
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise TypeError(f"make_config got options no RunConfig field declares: {', '.join(unknown)}")
+    resolved: Resolved = {"params_file": raw.get("params_file")}
+    for f in option_fields():
+        spec: Option = f.metadata["option"]
+        key = spec.key or f.name
+        resolved[f.name] = spec.parse(spec.flag(f.name), raw.get(key, spec.cli_default), resolved)
+    return RunConfig(**resolved)
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` → ``cuda`` when one is visible, else ``cpu``; checks ``cuda:N`` exists."""
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        index = requested.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise ConfigError(f"--device {requested!r} is malformed; accepted: auto, cpu, cuda, cuda:N")
+        if not torch.cuda.is_available() or int(index) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {requested} is not available here ({torch.cuda.device_count()} CUDA "
+                "devices visible); use --device cpu or --device auto"
+            )
+        return f"cuda:{index}"
+    raise ConfigError(f"--device {requested!r} is not accepted; use auto, cpu, cuda or cuda:N")
+
+
 def method_params_from_file(path: Path, method: str) -> tuple[str, ...]:
     """``key=value`` pairs from the ``methods.<method>`` mapping of a YAML file (DVC's params.yaml)."""
+    import yaml
+
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -122,70 +398,3 @@ def method_params_from_file(path: Path, method: str) -> tuple[str, ...]:
 def _yaml_scalar(value: Any) -> str:
     """The text ``--param`` would carry for a YAML value (YAML's true/false, not Python's)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def make_config(
-    *,
-    model: str,
-    method: str,
-    params: tuple[str, ...] = (),
-    dataset: str = "digits",
-    image_size: int | None = None,
-    device: str = "auto",
-    optimizer: str = "adam",
-    lr: float | None = None,
-    epochs: Any = 3,
-    batch_size: Any = 64,
-    limit_train_batches: Any = None,
-    **rest: Any,
-) -> RunConfig:
-    """Validate raw option values into a RunConfig; the first problem raises ConfigError."""
-    check_model_name(model)
-    params_file = rest.pop("params_file", None)
-    from_file = method_params_from_file(Path(params_file), method) if params_file else ()
-    # One --param may carry several comma-separated pairs (`mlflow run -P params=a=1,b=2`);
-    # an empty one (the MLproject default) carries none.
-    pairs = [pair for value in params for pair in value.split(",") if pair.strip()]
-    method_params = parse_method_params(method, (*from_file, *pairs))
-    check_dataset_spec(dataset)
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-    sizes = image_sizes(model)
-    size = sizes.default(DIGITS_IMAGE_SIZE) if image_size is None else _positive("--image-size", image_size, int)
-    sizes.check(model, size)
-    weights = rest.pop("weights", "imagenet")
-    if model == "tinynet" and weights == "imagenet":
-        weights = "none"  # the test model has no pretrained weights; nothing to load
-    country = str(rest.pop("country", "USA")).upper()
-    if len(country) != 3 or not country.isalpha():
-        raise ConfigError(f"--country {country!r} must be an ISO 3166 alpha-3 code such as USA, FRA, DEU")
-    metrics_json = rest.pop("metrics_json", None)
-    idle_seconds = float(rest.pop("idle_seconds", 5.0))
-    if idle_seconds < 0:
-        raise ConfigError(f"--idle-seconds must be ≥ 0, got {idle_seconds}; 0 skips the idle baseline")
-    inference_batches = _positive("--inference-batches", rest.pop("inference_batches", 10), int)
-    sample_hz = float(rest.pop("sample_hz", 10.0))
-    check_sample_hz(sample_hz)
-    return RunConfig(
-        metrics_json=Path(metrics_json) if metrics_json else None,
-        idle_seconds=idle_seconds,
-        inference_batches=inference_batches,
-        sample_hz=sample_hz,
-        model=model,
-        method=method,
-        method_params=method_params,
-        dataset=dataset,
-        image_size=size,
-        device=resolve_device(device),
-        optimizer=optimizer,
-        lr=DEFAULT_LR[optimizer] if lr is None else _positive("--lr", lr, float),
-        epochs=_positive("--epochs", epochs, int),
-        batch_size=_positive("--batch-size", batch_size, int),
-        limit_train_batches=(
-            None if limit_train_batches is None
-            else _positive("--limit-train-batches", limit_train_batches, int)
-        ),
-        weights=weights,
-        country=country,
-        **rest,
-    )

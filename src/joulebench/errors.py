@@ -1,5 +1,34 @@
-"""The one exception the CLI turns into a single line and exit code 2."""
+"""The expected failures: each is one line on stderr and its own exit code, never a traceback.
+
+``ConfigError`` is input the user must change (exit 2): a sweep that sees it stops, since the
+same input would fail every cell. ``EnvironmentFault`` is the machine or a service failing —
+no network, a download that does not match its checksum, a store that cannot be written, a
+cluster that refuses a job (exit 75, sysexits' EX_TEMPFAIL): a sweep counts that cell as failed
+and goes on; rerunning it later may succeed. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_BAD_INPUT = 2
+EXIT_ENVIRONMENT = 75
+EXIT_INTERRUPTED = 130
 
 
-class ConfigError(Exception):
+class JoulebenchError(Exception):
+    """An expected failure: the message says what happened and how to fix it."""
+
+    exit_code: ClassVar[int]
+
+
+class ConfigError(JoulebenchError):
     """Bad user input: the message says what was wrong, what is accepted and how to fix it."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class EnvironmentFault(JoulebenchError):
+    """The environment failed, not the options: the message names the fault and what to check."""
+
+    exit_code = EXIT_ENVIRONMENT
