@@ -156,10 +156,10 @@ def test_every_command_offers_exactly_the_fields_declared_for_it():
 
     for command, name in ((train, TRAIN), (capacity, CAPACITY), (sweep, SWEEP)):
         offered = {param.name for param in command.params}
-        declared = {declaration(f.name).key or f.name for f in option_fields()
+        declared = {declaration(f.name).keyword(f.name) for f in option_fields()
                     if name in declaration(f.name).commands}
         assert declared <= offered, name
-    assert {p.name for p in train.params} == {declaration(f.name).key or f.name for f in option_fields()} | {
+    assert {p.name for p in train.params} == {declaration(f.name).keyword(f.name) for f in option_fields()} | {
         "params_file"}
 
 
@@ -201,7 +201,7 @@ def test_mlproject_parameters_are_options_with_the_schemas_defaults():
             if not isinstance(spec, dict) or "default" not in spec:
                 continue
             default = spec["default"]
-            field = next((f for f in option_fields() if (declaration(f.name).key or f.name) == param.name), None)
+            field = next((f for f in option_fields() if (declaration(f.name).keyword(f.name)) == param.name), None)
             if field is not None:  # a command's own option (report --out) may differ in a container
                 text = (str(default),) if param.multiple else str(default)
                 assert (getattr(make_config(**{param.name: text}), field.name)

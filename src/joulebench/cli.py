@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from joulebench.config import CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, option_fields
+from joulebench.config import (
+    CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, make_config, option_fields, resolve_device,
+)
 from joulebench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, JoulebenchError
 
 
@@ -38,7 +40,7 @@ def _click_option(name: str, spec: Option) -> Callable[[Any], Any]:
     settings = dict(spec.click)
     if "type" in settings:
         settings["type"] = _click_type(settings["type"])
-    return click.option(spec.flag(name), spec.key or name, default=spec.cli_default, show_default=True,
+    return click.option(spec.flag(name), spec.keyword(name), default=spec.cli_default, show_default=True,
                         help=spec.help, **settings)
 
 
@@ -63,7 +65,6 @@ def run_options(command: str) -> Callable[[Any], Any]:
 @run_options(TRAIN)
 def train(**options: Any) -> None:
     """Fine-tune one model with one method, measured, and record it in MLflow."""
-    from joulebench.config import make_config
     from joulebench.pipeline import train_and_record, write_run_record
 
     config = make_config(**options)
@@ -106,7 +107,6 @@ def format_summary(summary: Any) -> str:
 def capacity(bits_text: str, fill: str, tolerance: float, **options: Any) -> None:
     """Steganographic capacity: fine-tune, then accuracy vs low-order bits overwritten (no training)."""
     from joulebench.capacity import parse_bits_values
-    from joulebench.config import make_config
     from joulebench.pipeline import capacity_and_record
 
     bits_values = parse_bits_values(bits_text)
@@ -140,7 +140,6 @@ def meters(device: str) -> None:
     """Which energy meters this host has, what each reads, and why the others are not used."""
     import torch
 
-    from joulebench.config import resolve_device
     from joulebench.energy import describe_meters
 
     for name, available, detail in describe_meters(torch.device(resolve_device(device))):

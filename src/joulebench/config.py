@@ -22,6 +22,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from joulebench import names
 from joulebench.errors import ConfigError
 
 # The schema is imported by every command, `--help` included: it stays free of torch. The
@@ -57,8 +58,12 @@ class Option:
     cli_default: Any  # what the command line starts from when not the field's default (None: derived)
     click: dict[str, Any]  # click.option settings beyond name, default and help
 
+    def keyword(self, name: str) -> str:
+        """The keyword make_config (and the click command) takes for field ``name``."""
+        return self.key or name
+
     def flag(self, name: str) -> str:
-        return self.cli_flag or "--" + (self.key or name).replace("_", "-")
+        return self.cli_flag or "--" + self.keyword(name).replace("_", "-")
 
 
 def option(
@@ -114,19 +119,11 @@ def _model(flag: str, value: Any, resolved: Resolved) -> str:
     return value
 
 
-def _method(flag: str, value: Any, resolved: Resolved) -> str:
-    from joulebench.compress import method_names
-
-    if value not in method_names():
-        raise ConfigError(f"unknown method {value!r}; accepted: {', '.join(method_names())}")
-    return value
-
-
 def _method_params(flag: str, value: Any, resolved: Resolved) -> dict[str, Any]:
     """``--param`` pairs over the ``--params-file`` ones (resolved just before as params_file)."""
     from joulebench.compress import parse_method_params
 
-    path = resolved.pop("params_file")  # an input of this field, not a field itself
+    path = resolved.pop(PARAMS_FILE.key)  # an input of this field, not a field itself
     from_file = method_params_from_file(Path(path), resolved["method"]) if path else ()
     # One --param may carry several comma-separated pairs (`mlflow run -P params=a=1,b=2`);
     # an empty one (the MLproject default) carries none.
@@ -236,7 +233,7 @@ class RunConfig:
         commands={TRAIN, CAPACITY}, parse=_model)
     method: str = option(
         "baseline", "baseline | stego | prune | lowrank (`joulebench methods` lists their parameters).",
-        commands={TRAIN}, parse=_method)
+        commands={TRAIN})  # checked with its parameters, by method_params (declared next)
     # Parsed from two inputs: --params-file (declared as PARAMS_FILE below) and --param.
     method_params: dict[str, Any] = option(
         {}, "Method parameter (repeatable).", commands={TRAIN}, parse=_method_params, key="params", flag="--param",
@@ -310,7 +307,7 @@ class RunConfig:
         """The run's MLflow params: every identity field, the method's parameters as ``method.KEY``."""
         identity = self.identity()
         method_params = identity.pop("method_params")
-        return identity | {f"method.{key}": value for key, value in method_params.items()}
+        return identity | {names.method_param(key): value for key, value in method_params.items()}
 
     def config_hash(self) -> str:
         """Identity of the result: equal hashes mean the same experiment (sweeps skip them)."""
@@ -341,15 +338,14 @@ def make_config(**raw: Any) -> RunConfig:
     Every field is resolved in declaration order from its raw value or its command-line
     default; the first problem raises ConfigError. A key no field declares is a bug.
     """
-    keys = {f.metadata["option"].key or f.name: f.name for f in option_fields()} | {"params_file": None}
-    unknown = sorted(set(raw) - set(keys))
+    keys = {f.metadata["option"].keyword(f.name) for f in option_fields()} | {PARAMS_FILE.key}
+    unknown = sorted(set(raw) - keys)
     if unknown:
         raise TypeError(f"make_config got options no RunConfig field declares: {', '.join(unknown)}")
-    resolved: Resolved = {"params_file": raw.get("params_file")}
+    resolved: Resolved = {PARAMS_FILE.key: raw.get(PARAMS_FILE.key)}
     for f in option_fields():
         spec: Option = f.metadata["option"]
-        key = spec.key or f.name
-        resolved[f.name] = spec.parse(spec.flag(f.name), raw.get(key, spec.cli_default), resolved)
+        resolved[f.name] = spec.parse(spec.flag(f.name), raw.get(spec.keyword(f.name), spec.cli_default), resolved)
     return RunConfig(**resolved)
 
 

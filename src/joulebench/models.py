@@ -35,7 +35,6 @@ PAPER_MODELS: dict[str, int] = {
     "vgg16": 138_357_544,
 }
 TINY_MODELS = ("tinynet",)
-DIGITS_IMAGE_SIZE = 32
 # torchvision's min_size is for inference; training also runs Inception's auxiliary head, whose
 # 5×5 conv needs the 17×17 Mixed_6e map that only a 299 px input gives (75 px works in eval only).
 TRAINING_MINIMUM = {"inception_v3": 299}
