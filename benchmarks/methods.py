@@ -4,7 +4,7 @@ and whether the kit's own training path costs anything beyond a bare PyTorch loo
 For each model (random init, 10 classes) every arm is built and compressed once; then rounds
 of timed training steps run arm after arm, interleaved round by round so that a busy
 neighbour slows every arm alike. Each arm first takes one untimed step on a full batch
-(kernel selection, allocator growth, the optimiser's state), as the kit's ``train/warmup``
+(kernel selection, allocator growth, the optimiser's state), as the kit's ``warmup/epoch-1``
 window does. The inputs are random images: step time does not depend on their content.
 
 Arms:

@@ -38,7 +38,7 @@ def test_without_rapl_cpu_and_ram_are_codecarbon_estimates_and_artefacts_are_wri
             "nvml": "the run's device is cpu, not a GPU",
             "rapl": f"{absent} not present",
         }
-        with monitor.window("train/epoch-1") as epoch:
+        with monitor.window("train", 1) as epoch:
             work_for(1.2)
     finally:
         monitor.close()
@@ -59,12 +59,12 @@ def test_rapl_package_only_cpu_from_rapl_ram_from_codecarbon_each_once(tmp_path:
     monitor = build_monitor(CPU, "DEU", tmp_path / "out", sample_hz=50, powercap_root=tree.root)
     try:
         assert "rapl" not in monitor.unavailable
-        with monitor.window("train/epoch-1") as epoch:
+        with monitor.window("train", 1) as epoch:
             for _ in range(12):
                 tree.add("intel-rapl:0", 2.5)
                 time.sleep(0.1)
         (tmp_path / "powercap" / "intel-rapl:0" / "energy_uj").unlink()  # the meter breaks
-        with monitor.window("eval/epoch-1") as broken:
+        with monitor.window("eval", 1) as broken:
             time.sleep(1.05)
         trace = monitor.power_trace()
     finally:

@@ -16,8 +16,8 @@ TRACE = [
 ]
 WINDOWS = [
     Measurement("idle", 1700000000.0, 0.1, {"cpu": 2.0}, {"cpu": "rapl"}),
-    Measurement("train/epoch-1", 1700000000.1, 0.1, {"gpu0": 30.0}, {"gpu0": "nvml_counter"}),
-    Measurement("train/epoch-2", 1700000000.15, 0.05, {"gpu0": 15.0}, {"gpu0": "nvml_counter"}),
+    Measurement("train", 1700000000.1, 0.1, {"gpu0": 30.0}, {"gpu0": "nvml_counter"}, epoch=1),
+    Measurement("train", 1700000000.15, 0.05, {"gpu0": 15.0}, {"gpu0": "nvml_counter"}, epoch=2),
 ]
 
 

@@ -124,7 +124,7 @@ def test_windows_nest_and_each_sees_its_own_energy(package_and_dram: PowercapTre
     monitor = monitor_with_ticks(RaplMeter(package_and_dram.root), tick_s=1.0)
     with monitor.window("train") as outer:
         package_and_dram.add("intel-rapl:0", 1.0)
-        with monitor.window("train/epoch-1") as inner:
+        with monitor.window("train", 1) as inner:
             package_and_dram.add("intel-rapl:0", 2.0)
             package_and_dram.add("intel-rapl:0:2", 0.5)
         package_and_dram.add("intel-rapl:0", 4.0)

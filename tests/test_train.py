@@ -30,14 +30,14 @@ def method(name: str, *pairs: str):
     return build_method(name, parse_method_params(name, pairs))
 
 
-def window(name: str, seconds: float, joules: float | None) -> Measurement:
-    return Measurement(name, 0.0, seconds, {} if joules is None else {"cpu": joules},
-                       {} if joules is None else {"cpu": "rapl"})
+def window(phase: str, seconds: float, joules: float | None, epoch: int = 1) -> Measurement:
+    return Measurement(phase, 0.0, seconds, {} if joules is None else {"cpu": joules},
+                       {} if joules is None else {"cpu": "rapl"}, epoch=epoch)
 
 
 def result_with(train_seconds: float, train_joules: float | None, warmup: Measurement) -> train.RunResult:
-    epoch = train.EpochResult(1, 0.5, 0.9, None, 100, window("train/epoch-1", train_seconds, train_joules),
-                              window("eval/epoch-1", 1.0, train_joules and 1.0))
+    epoch = train.EpochResult(1, 0.5, 0.9, None, 100, window("train", train_seconds, train_joules),
+                              window("eval", 1.0, train_joules and 1.0))
     stats = ModelStats(parameters=10, nonzero_parameters=10, weight_bytes=40, flops_per_sample=100)
     return train.RunResult(RunConfig(), CompressionReport("baseline", {}, stats, stats), epochs=[epoch],
                            warmup=warmup)
@@ -46,11 +46,11 @@ def result_with(train_seconds: float, train_joules: float | None, warmup: Measur
 @pytest.mark.parametrize(
     ("seconds", "joules", "warmup", "expected"),
     [
-        (120.0, 1200.0, window("train/warmup", 2.0, 60.0), None),  # 5 % of the energy, 2 minutes
-        (120.0, 1200.0, window("train/warmup", 2.0, 240.0),
+        (120.0, 1200.0, window("warmup", 2.0, 60.0), None),  # 5 % of the energy, 2 minutes
+        (120.0, 1200.0, window("warmup", 2.0, 240.0),
          "warm-up 20 % of training energy > 10 %"),
-        (30.0, 300.0, window("train/warmup", 1.0, 10.0), "training 30.0 s < 60 s (MLPerf Power's minimum)"),
-        (30.0, None, window("train/warmup", 6.0, None),  # no meter read: the time share decides
+        (30.0, 300.0, window("warmup", 1.0, 10.0), "training 30.0 s < 60 s (MLPerf Power's minimum)"),
+        (30.0, None, window("warmup", 6.0, None),  # no meter read: the time share decides
          "training 30.0 s < 60 s (MLPerf Power's minimum); warm-up 20 % of training time > 10 %"),
     ],
 )
@@ -59,7 +59,7 @@ def test_short_run_names_each_reason(seconds, joules, warmup, expected):
 
 
 def test_warmup_metrics_give_its_seconds_joules_and_share():
-    result = result_with(120.0, 1200.0, window("train/warmup", 2.0, 60.0))
+    result = result_with(120.0, 1200.0, window("warmup", 2.0, 60.0))
     result.phases = {"total": window("total", 130.0, 1300.0)}
     metrics = result.metrics()
     assert (metrics["warmup_seconds"], metrics["energy_warmup_j"], metrics["warmup_share"]) == (2.0, 60.0, 0.05)
@@ -163,7 +163,7 @@ def test_a_three_batch_stego_run_is_flagged_short_and_saves_its_bfloat16_weights
     assert metrics["warmup_share"] > 0.9  # all three batches are the warm-up (the epoch adds its edges)
     windows = artifact_json(client, run, "energy/windows.json", workdir)
     by_name = {w["name"]: w for w in windows}
-    warmup, epoch = by_name["train/warmup"], by_name["train/epoch-1"]
+    warmup, epoch = by_name["warmup/epoch-1"], by_name["train/epoch-1"]
     assert epoch["start"] <= warmup["start"] and warmup["seconds"] <= epoch["seconds"]
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")

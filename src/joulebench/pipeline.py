@@ -13,7 +13,7 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from joulebench import energy
+from joulebench import energy, names
 from joulebench.compress import build_method
 from joulebench.config import RunConfig
 from joulebench.data import DataSplits, load_dataset
@@ -46,8 +46,8 @@ def weights_source(config: RunConfig) -> str:
 def energy_tags(result: RunResult, monitor: energy.EnergyMonitor) -> dict[str, str]:
     """``energy_source`` overall and per device, and why unused meters were not used."""
     total = result.phases["total"]
-    tags = {f"energy_source.{device}": source for device, source in sorted(total.sources.items())}
-    tags["energy_source"] = "+".join(sorted(set(total.sources.values()))) or "none (no meter could be read)"
+    tags = {f"{names.ENERGY_SOURCE}.{device}": source for device, source in sorted(total.sources.items())}
+    tags[names.ENERGY_SOURCE] = "+".join(sorted(set(total.sources.values()))) or "none (no meter could be read)"
     for meter, reason in monitor.unavailable.items():
         tags[f"energy_unavailable.{meter}"] = reason[:500]
     flags = sorted({flag for m in monitor.measurements for flag in m.flags})
@@ -60,7 +60,7 @@ def measurements_table(monitor: energy.EnergyMonitor) -> list[dict[str, object]]
     """Every window as JSON-able rows, for the measurements artefact."""
     return [
         {
-            "name": m.name, "start": m.start, "seconds": m.seconds, "joules": m.joules,
+            "name": m.name, "phase": m.phase, "epoch": m.epoch, "start": m.start, "seconds": m.seconds, "joules": m.joules,
             "sources": m.sources, "flags": list(m.flags),
         }
         for m in monitor.measurements
@@ -102,20 +102,20 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
                 recorder.log_model(result.model, data.val[0][0][None])
             tags = energy_tags(result, monitor)
     return Summary(
-        recorder.run_id, recorder.experiment_id, result, tags["energy_source"],
+        recorder.run_id, recorder.experiment_id, result, tags[names.ENERGY_SOURCE],
         ui_command(recorder.run_id, recorder.experiment_id), flags,
     )
 
 
 def emulation_tags(settings: ComputeSettings) -> dict[str, str]:
     """``compute_emulated=<why>`` when the hardware emulates the method's precision."""
-    return {"compute_emulated": settings.emulated} if settings.emulated else {}
+    return {names.COMPUTE_EMULATED: settings.emulated} if settings.emulated else {}
 
 
 def run_flags(result: RunResult, settings: ComputeSettings) -> dict[str, str]:
     """What makes this run's figures untrustworthy, by tag name (tagged, printed, reported)."""
     short = result.short_run()
-    return ({"short_run": short} if short else {}) | emulation_tags(settings)
+    return ({names.SHORT_RUN: short} if short else {}) | emulation_tags(settings)
 
 
 def write_run_record(path: Path, summary: Summary) -> None:
@@ -126,7 +126,7 @@ def write_run_record(path: Path, summary: Summary) -> None:
     _write_json(path, {
         "run_id": summary.run_id,
         "experiment_id": summary.experiment_id,
-        "config_hash": summary.result.config.config_hash(),
+        names.CONFIG_HASH: summary.result.config.config_hash(),
     })
 
 

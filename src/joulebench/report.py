@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from joulebench import tracking
+from joulebench import names, tracking
 from joulebench.compress import METHODS
 from joulebench.errors import ConfigError
 from joulebench.tracking import RunRecord
@@ -56,8 +56,8 @@ class Caveat:
 
 
 CAVEATS = (
-    Caveat("short_run", "†", "short run", "too short to measure (MLPerf Power's minimums)"),
-    Caveat("compute_emulated", "‡", "emulated", "the hardware emulates the method's precision"),
+    Caveat(names.SHORT_RUN, "†", "short run", "too short to measure (MLPerf Power's minimums)"),
+    Caveat(names.COMPUTE_EMULATED, "‡", "emulated", "the hardware emulates the method's precision"),
 )
 
 
@@ -71,24 +71,24 @@ class Metric:
     ratio: bool = False
 
 
+ENERGY_TO_ACCURACY = "energy_to_accuracy_j"  # computed here from the epoch histories
 METRICS = (
-    Metric("accuracy", "accuracy", ratio=True),
-    Metric("energy_train_j", "train kJ", 1e-3, ratio=True),
-    Metric("energy_train_net_j", "train kJ (net)", 1e-3, ratio=True),
-    Metric("energy_total_j", "total kJ", 1e-3, ratio=True),
-    Metric("train_seconds", "train s", ratio=True),
-    Metric("duration_s", "total s"),
-    Metric("j_per_train_sample", "J/sample"),
-    Metric("inference_j_per_image", "inference J/image"),
-    Metric("flops_per_sample", "GFLOP/sample", 1e-9, ratio=True),
-    Metric("parameters", "parameters (M)", 1e-6),
-    Metric("weight_bytes", "weights (MB)", 1e-6),
-    Metric("flop_per_j", "GFLOP/J", 1e-9),
-    Metric("energy_to_accuracy_j", "kJ to target accuracy", 1e-3),
+    Metric(names.ACCURACY, "accuracy", ratio=True),
+    Metric(names.ENERGY_TRAIN_J, "train kJ", 1e-3, ratio=True),
+    Metric(names.ENERGY_TRAIN_NET_J, "train kJ (net)", 1e-3, ratio=True),
+    Metric(names.ENERGY_TOTAL_J, "total kJ", 1e-3, ratio=True),
+    Metric(names.TRAIN_SECONDS, "train s", ratio=True),
+    Metric(names.DURATION_S, "total s"),
+    Metric(names.J_PER_TRAIN_SAMPLE, "J/sample"),
+    Metric(names.INFERENCE_J_PER_IMAGE, "inference J/image"),
+    Metric(names.FLOPS_PER_SAMPLE, "GFLOP/sample", 1e-9, ratio=True),
+    Metric(names.PARAMETERS, "parameters (M)", 1e-6),
+    Metric(names.WEIGHT_BYTES, "weights (MB)", 1e-6),
+    Metric(names.FLOP_PER_J, "GFLOP/J", 1e-9),
+    Metric(ENERGY_TO_ACCURACY, "kJ to target accuracy", 1e-3),
 )
-ENERGY_TO_ACCURACY = "energy_to_accuracy_j"
 # The ratios summary.md shows beside the values (summary.csv has every ratio).
-TABLE_RATIOS = ("energy_train_j", "train_seconds", "accuracy", "flops_per_sample")
+TABLE_RATIOS = (names.ENERGY_TRAIN_J, names.TRAIN_SECONDS, names.ACCURACY, names.FLOPS_PER_SAMPLE)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -214,8 +214,8 @@ class Row:
 def device_label(run: RunRecord) -> str:
     """A GPU by its name (same model, same device); a CPU by its host."""
     if run.params.get("device", "cpu").startswith("cuda"):
-        return run.tags.get("gpu_name", run.params["device"])
-    return f"cpu@{run.tags.get('host', 'unknown host')}"
+        return run.tags.get(names.GPU_NAME, run.params["device"])
+    return f"cpu@{run.tags.get(names.HOST, 'unknown host')}"
 
 
 def method_label(run: RunRecord) -> str:
@@ -223,8 +223,8 @@ def method_label(run: RunRecord) -> str:
     method = run.params["method"]
     specs = METHODS[method].params if method in METHODS else {}
     changed = [
-        f"{key}={run.params[f'method.{key}']}" for key, spec in specs.items()
-        if f"method.{key}" in run.params and run.params[f"method.{key}"] != str(spec.default)
+        f"{key}={run.params[names.method_param(key)]}" for key, spec in specs.items()
+        if run.params.get(names.method_param(key), str(spec.default)) != str(spec.default)
     ]
     return f"{method} ({', '.join(changed)})" if changed else method
 
@@ -243,7 +243,7 @@ def latest_per_config(runs: list[RunRecord]) -> list[RunRecord]:
     """One run per config hash: a forced rerun replaces, never doubles, a repeat."""
     latest: dict[str, RunRecord] = {}
     for run in sorted(runs, key=lambda r: r.start_time):
-        latest[run.tags["config_hash"]] = run
+        latest[run.tags[names.CONFIG_HASH]] = run
     return list(latest.values())
 
 
@@ -261,7 +261,7 @@ def summarise_group(
     baselines = {(row.key.model, row.key.image_size): row for row in summarised if row.is_baseline}
     for row in summarised:
         row.estimates = {m.key: _estimate(row.runs, m.key) for m in METRICS if m.key != ENERGY_TO_ACCURACY}
-        sources = sorted({run.tags.get("energy_source", "none") for run in row.runs})
+        sources = sorted({run.tags.get(names.ENERGY_SOURCE, "none") for run in row.runs})
         row.energy_source = sources[0] if len(sources) == 1 else "mixed: " + " | ".join(sources)
         row.caveats = _caveats(row.runs)
     for row in summarised:
@@ -309,16 +309,16 @@ def _estimate(runs: list[RunRecord], key: str) -> Estimate | None:
 
 
 def _energy_to_accuracy(row: Row, baseline: Row | None, target_fraction: float, history: History) -> None:
-    if baseline is None or baseline.estimates["accuracy"] is None:
+    if baseline is None or baseline.estimates[names.ACCURACY] is None:
         row.estimates[ENERGY_TO_ACCURACY], row.energy_to_accuracy_note = None, "no baseline"
         return
-    row.target_accuracy = target_fraction * baseline.estimates["accuracy"].mean
-    joules = [history(run.run_id, "epoch_joules") for run in row.runs]
+    row.target_accuracy = target_fraction * baseline.estimates[names.ACCURACY].mean
+    joules = [history(run.run_id, names.EPOCH_JOULES) for run in row.runs]
     if not all(joules):  # epoch energy is absent where nothing could measure it
         row.estimates[ENERGY_TO_ACCURACY], row.energy_to_accuracy_note = None, "not measured"
         return
     reached = [
-        energy_to_accuracy(history(run.run_id, "val_accuracy"), epoch_joules, row.target_accuracy)
+        energy_to_accuracy(history(run.run_id, names.VAL_ACCURACY), epoch_joules, row.target_accuracy)
         for run, epoch_joules in zip(row.runs, joules)
     ]
     values = tuple(value for value in reached if value is not None)
@@ -442,7 +442,7 @@ def _annotate_marks(axes: Any, row: Row, point: tuple[float, float]) -> None:
 
 def _energy_sources(rows: list[Row]) -> str:
     """Every plot says what measured its energy: an estimate must not pass for a meter."""
-    sources = {run.tags.get("energy_source", "none") for row in rows for run in row.runs}
+    sources = {run.tags.get(names.ENERGY_SOURCE, "none") for row in rows for run in row.runs}
     return "energy source: " + ", ".join(sorted(sources))
 
 
@@ -453,7 +453,7 @@ def _scatter(axes: Any, point: tuple[float, float], color: Any, marker: str, hol
 
 def plot_energy_by_model(rows: list[Row], path: Path) -> bool:
     """Mean training energy per model, one bar per method, 95 % CI as error bars."""
-    measured = [row for row in rows if row.estimates["energy_train_j"]]
+    measured = [row for row in rows if row.estimates[names.ENERGY_TRAIN_J]]
     if not measured:
         return False
     import matplotlib.pyplot as plt
@@ -466,7 +466,7 @@ def plot_energy_by_model(rows: list[Row], path: Path) -> bool:
     handles = []  # plain patches: a method's legend entry must not take its first bar's hatch
     for index, method in enumerate(methods):
         by_model = {row.key.model: row for row in measured if row.key.method == method}
-        estimates = [by_model[m].estimates["energy_train_j"] if m in by_model else None for m in models]
+        estimates = [by_model[m].estimates[names.ENERGY_TRAIN_J] if m in by_model else None for m in models]
         means = [e.mean / 1e3 if e else np.nan for e in estimates]
         errors = [(e.ci95 or 0) / 1e3 if e else 0 for e in estimates]
         positions = np.arange(len(models)) + (index - (len(methods) - 1) / 2) * width
@@ -501,7 +501,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
     """Each row as a point; each model's Pareto front as a step line."""
-    measured = [row for row in rows if row.estimates["energy_train_j"] and row.estimates["accuracy"]]
+    measured = [row for row in rows if row.estimates[names.ENERGY_TRAIN_J] and row.estimates[names.ACCURACY]]
     if not measured:
         return False
     import matplotlib.pyplot as plt
@@ -509,7 +509,7 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(7, 5))
     markers = dict(zip(dict.fromkeys(row.key.method for row in measured), "os^Dv<>pPX*h"))
     for model in dict.fromkeys(row.key.model for row in measured):
-        points = [(row, (row.estimates["energy_train_j"].mean / 1e3, row.estimates["accuracy"].mean))
+        points = [(row, (row.estimates[names.ENERGY_TRAIN_J].mean / 1e3, row.estimates[names.ACCURACY].mean))
                   for row in measured if row.key.model == model]
         color = axes.plot([], [])[0].get_color()  # the next colour of the cycle, one per model
         for row, point in points:
@@ -536,7 +536,7 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
 def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:
     """Energy ratio vs FLOP ratio to baseline: on the diagonal, the saved energy is saved compute."""
     plotted = [row for row in rows if not row.is_baseline
-               and row.ratios["flops_per_sample"].value and row.ratios["energy_train_j"].value]
+               and row.ratios[names.FLOPS_PER_SAMPLE].value and row.ratios[names.ENERGY_TRAIN_J].value]
     if not plotted:
         return False
     import matplotlib.pyplot as plt
@@ -546,7 +546,7 @@ def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:
         color = axes.plot([], [])[0].get_color()  # the next colour of the cycle, one per method
         axes.scatter([], [], color=color, label=method)
         for row in (row for row in plotted if row.key.method == method):
-            point = (row.ratios["flops_per_sample"].value, row.ratios["energy_train_j"].value)
+            point = (row.ratios[names.FLOPS_PER_SAMPLE].value, row.ratios[names.ENERGY_TRAIN_J].value)
             # A ratio is void when either side is marked: hollow, the row's or its baseline's marks.
             _scatter(axes, point, color, "o", hollow=bool(row.voided_by))
             marks = "".join(caveat.marker for caveat in row.voided_by)
@@ -708,7 +708,7 @@ def recorded_config_hashes(directory: Path) -> set[str]:
     hashes = set()
     for path in records:
         try:
-            hashes.add(str(json.loads(path.read_text())["config_hash"]))
+            hashes.add(str(json.loads(path.read_text())[names.CONFIG_HASH]))
         except (ValueError, KeyError, TypeError) as error:
             raise ConfigError(f"{path} is not a run record of `joulebench train --run-json` ({error!r}); "
                               "rerun that train stage (dvc repro) to rewrite it") from None
@@ -727,9 +727,9 @@ def run_report(
     runs = tracking.finished_measured_runs(experiment)
     if parent is not None:
         grid = tracking.sweep_grid_hashes(experiment, parent)
-        runs = [run for run in runs if run.parent_run_id == parent or run.tags["config_hash"] in grid]
+        runs = [run for run in runs if run.parent_run_id == parent or run.tags[names.CONFIG_HASH] in grid]
     if wanted is not None:
-        runs = [run for run in runs if run.tags["config_hash"] in wanted]
+        runs = [run for run in runs if run.tags[names.CONFIG_HASH] in wanted]
     if not runs:
         scope = f"experiment {experiment!r}"
         if parent is not None:

@@ -26,6 +26,7 @@ from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from joulebench import names
 from joulebench.config import RunConfig
 from joulebench.errors import ConfigError
 
@@ -78,12 +79,12 @@ def environment_tags(data_version: str) -> dict[str, str]:
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "python_version": platform.python_version(),
-        "host": socket.gethostname(),
+        names.HOST: socket.gethostname(),
         "data_version": data_version,
         "git_commit": _git_commit(),
     }
     if torch.cuda.is_available():
-        tags["gpu_name"] = torch.cuda.get_device_name()
+        tags[names.GPU_NAME] = torch.cuda.get_device_name()
         tags["cuda_version"] = str(torch.version.cuda)
     return tags
 
@@ -110,7 +111,7 @@ def config_params(config: RunConfig, weights_source: str) -> dict[str, Any]:
         k: v for k, v in vars(config).items()
         if k not in ("method_params", "run_name", "experiment", "parent_run_id", "metrics_json")
     }
-    params.update({f"method.{k}": v for k, v in config.method_params.items()})
+    params.update({names.method_param(k): v for k, v in config.method_params.items()})
     params["weights_source"] = weights_source
     return params
 
@@ -191,7 +192,7 @@ def recorded_run(
     experiment_id = use_store(config.experiment)
     tags = tags | {"joulebench.command": command, "repeat": str(config.repeat)}
     if command == "train":
-        tags["config_hash"] = config.config_hash()
+        tags[names.CONFIG_HASH] = config.config_hash()
     run = mlflow.start_run(
         run_name=config.run_name, tags=tags, log_system_metrics=True,
         experiment_id=experiment_id, parent_run_id=config.parent_run_id,
@@ -287,7 +288,7 @@ def open_sweep_run(
 def finished_config_hashes(experiment_id: str) -> set[str]:
     """The config hashes that have a FINISHED run in the experiment (a sweep skips those)."""
     runs = _all_runs(_client(), experiment_id, "attributes.status = 'FINISHED'")
-    return {run.data.tags["config_hash"] for run in runs if "config_hash" in run.data.tags}
+    return {run.data.tags[names.CONFIG_HASH] for run in runs if names.CONFIG_HASH in run.data.tags}
 
 
 def child_epochs_done(parent_run_id: str, config_hash: str) -> int | None:
@@ -296,13 +297,13 @@ def child_epochs_done(parent_run_id: str, config_hash: str) -> int | None:
     parent = client.get_run(parent_run_id)
     running = client.search_runs(
         [parent.info.experiment_id],
-        f"tags.config_hash = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
+        f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
         "and attributes.status = 'RUNNING'",
         max_results=1,
     )
     if not running:
         return None
-    return len(client.get_metric_history(running[0].info.run_id, "val_accuracy"))
+    return len(client.get_metric_history(running[0].info.run_id, names.VAL_ACCURACY))
 
 
 def end_sweep_run(run_id: str, status: str, log_dir: Path) -> None:
@@ -421,7 +422,7 @@ def finished_measured_runs(experiment: str) -> list[RunRecord]:
     return [
         RunRecord(run.info.run_id, run.info.run_name, run.info.start_time, dict(run.data.params),
                   dict(run.data.tags), dict(run.data.metrics))
-        for run in runs if "config_hash" in run.data.tags
+        for run in runs if names.CONFIG_HASH in run.data.tags
     ]
 
 
@@ -441,7 +442,7 @@ def sweep_grid_hashes(experiment: str, parent_run_id: str) -> set[str]:
     if GRID_ARTIFACT not in {a.path for a in client.list_artifacts(parent_run_id, "sweep")}:
         return set()
     grid = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/{GRID_ARTIFACT}")
-    return {row["config_hash"] for row in grid}
+    return {row[names.CONFIG_HASH] for row in grid}
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:

@@ -3,7 +3,7 @@
 Phases, in order, each its own window: ``idle`` (the machine at rest, for net energy),
 ``compress``, then per epoch ``train/epoch-N`` and ``eval/epoch-N``, and last ``inference``
 (a fixed number of batches, for J and ms per image). A ``total`` window encloses them all;
-``train/warmup`` (the first steps of epoch 1: kernel selection, allocator growth) lies inside
+``warmup/epoch-1`` (the first steps of epoch 1: kernel selection, allocator growth) lies inside
 ``train/epoch-1``, so its share of the training energy is visible.
 
 Every arm, the baseline included, runs the same best-practice path for its device
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from joulebench import names
 from joulebench.compress import Baseline, CompressionReport, Method, OptimizerWithPasses, compress
 from joulebench.compress.base import OptimizerFactory
 from joulebench.config import RunConfig
@@ -39,7 +40,7 @@ from joulebench.errors import ConfigError
 
 # Training FLOPs per sample ≈ forward + backward (twice the forward): the usual 3× rule.
 TRAIN_FLOPS_PER_FORWARD = 3
-WARMUP_WINDOW = "train/warmup"
+WARMUP_PHASE = "warmup"  # its window is the first WARMUP_STEPS of epoch 1, inside train/epoch-1
 WARMUP_STEPS = 3  # first steps of epoch 1: cuDNN's kernel search, allocator growth, Adam's state
 # A run is flagged short_run when training is shorter than MLPerf Power's minimum measurement
 # time, or when its warm-up is more than this share of the training energy.
@@ -63,14 +64,14 @@ class EpochResult:
     def metrics(self) -> dict[str, float]:
         values = {
             "train_loss": self.train_loss,
-            "val_accuracy": self.val_accuracy,
+            names.VAL_ACCURACY: self.val_accuracy,
             "epoch_seconds": self.train.seconds,
             "eval_seconds": self.eval.seconds,
         }
         if self.val_top5 is not None:
             values["val_top5"] = self.val_top5
         if self.train.total_joules is not None:
-            values["epoch_joules"] = self.train.total_joules
+            values[names.EPOCH_JOULES] = self.train.total_joules
             values["epoch_mean_watts"] = self.train.mean_watts
         return values
 
@@ -113,41 +114,41 @@ class RunResult:
         samples = sum(e.samples for e in self.epochs)
         after = self.report.after
         values: dict[str, float | None] = {
-            "accuracy": self.final.val_accuracy,
+            names.ACCURACY: self.final.val_accuracy,
             "top5": self.final.val_top5,
-            "duration_s": total.seconds,
-            "train_seconds": train_s,
+            names.DURATION_S: total.seconds,
+            names.TRAIN_SECONDS: train_s,
             "train_samples": samples,
-            "energy_total_j": total.total_joules,
-            "energy_total_net_j": self.net(total.total_joules, total.seconds),
-            "energy_train_j": train_j,
-            "energy_train_net_j": self.net(train_j, train_s),
+            names.ENERGY_TOTAL_J: total.total_joules,
+            names.ENERGY_TOTAL_NET_J: self.net(total.total_joules, total.seconds),
+            names.ENERGY_TRAIN_J: train_j,
+            names.ENERGY_TRAIN_NET_J: self.net(train_j, train_s),
             "idle_watts": self.idle_watts(),
             "train_mean_watts": train_j / train_s if train_j is not None and train_s else None,
-            "j_per_train_sample": train_j / samples if train_j is not None and samples else None,
-            "parameters": after.parameters,
+            names.J_PER_TRAIN_SAMPLE: train_j / samples if train_j is not None and samples else None,
+            names.PARAMETERS: after.parameters,
             "parameters_before": self.report.before.parameters,
             "nonzero_parameters": after.nonzero_parameters,
-            "weight_bytes": after.weight_bytes,
-            "flops_per_sample": after.flops_per_sample,
+            names.WEIGHT_BYTES: after.weight_bytes,
+            names.FLOPS_PER_SAMPLE: after.flops_per_sample,
             "flops_per_sample_before": self.report.before.flops_per_sample,
         }
         for phase in ("compress", "inference"):
             if phase in self.phases:
                 values[f"energy_{phase}_j"] = self.phases[phase].total_joules
         values["energy_eval_j"] = _sum_or_none(e.eval.total_joules for e in self.epochs)
-        for key in ("energy_total_j", "energy_train_j"):
+        for key in (names.ENERGY_TOTAL_J, names.ENERGY_TRAIN_J):
             if values[key] is not None:
                 values[key.replace("_j", "_kwh")] = values[key] / 3.6e6
         if train_j:
-            values["flop_per_j"] = TRAIN_FLOPS_PER_FORWARD * after.flops_per_sample * samples / train_j
+            values[names.FLOP_PER_J] = TRAIN_FLOPS_PER_FORWARD * after.flops_per_sample * samples / train_j
         inference = self.phases.get("inference")
         if inference and self.inference_images:
             values["inference_ms_per_image"] = 1000 * inference.seconds / self.inference_images
             if inference.total_joules is not None:
-                values["inference_j_per_image"] = inference.total_joules / self.inference_images
+                values[names.INFERENCE_J_PER_IMAGE] = inference.total_joules / self.inference_images
         for device, joules in total.joules.items():
-            values[f"energy_total_j_{device}"] = joules
+            values[f"{names.ENERGY_TOTAL_J}_{device}"] = joules
         if self.warmup is not None:
             values["warmup_seconds"] = self.warmup.seconds
             values["energy_warmup_j"] = self.warmup.total_joules
@@ -376,10 +377,10 @@ def run(
             tally = LossTally(device)
             batches = epoch_batches(train_loader, config.limit_train_batches,
                                     f"epoch {epoch}/{config.epochs}", progress)
-            with monitor.window(f"train/epoch-{epoch}") as train_window:
+            with monitor.window("train", epoch) as train_window:
                 samples = 0
                 if epoch == 1:
-                    with monitor.window(WARMUP_WINDOW) as warmup_window:
+                    with monitor.window(WARMUP_PHASE, epoch) as warmup_window:
                         samples += train_steps(model, islice(batches, WARMUP_STEPS), optimizer, scaler,
                                                settings, tally)
                         synchronize(device)
@@ -387,7 +388,7 @@ def run(
                 samples += train_steps(model, batches, optimizer, scaler, settings, tally)
                 synchronize(device)
             tally.check_finite(epoch, config.lr)
-            with monitor.window(f"eval/epoch-{epoch}") as eval_window:
+            with monitor.window("eval", epoch) as eval_window:
                 top1, top5 = evaluate(model, val_loader, settings, data.num_classes)
                 synchronize(device)
             epoch_result = EpochResult(
@@ -399,8 +400,8 @@ def run(
         with monitor.window("inference"):
             result.inference_images = benchmark_inference(model, val_loader, settings, config.inference_batches)
             synchronize(device)
-    # Per-epoch windows ("train/epoch-N") live in the epochs; the rest are the run's phases.
-    result.phases = {m.name: m for m in monitor.measurements if "/" not in m.name}
+    # Per-epoch windows live in the epochs (and result.warmup); the rest are the run's phases.
+    result.phases = {m.phase: m for m in monitor.measurements if m.epoch is None}
     return result
 
 

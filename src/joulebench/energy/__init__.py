@@ -2,7 +2,7 @@
 
 A :class:`Meter` reports cumulative joules per device (``"gpu0"``, ``"cpu"``, ``"ram"``) and
 the ``source`` that produced them: ``nvml_counter``, ``nvml_power``, ``rapl`` or
-``codecarbon_estimate``. ``EnergyMonitor.window(name)`` reads every meter at both edges and
+``codecarbon_estimate``. ``EnergyMonitor.window(phase, epoch)`` reads every meter at both edges and
 returns a :class:`Measurement`; windows may nest because reads never reset anything. A meter
 that fails is dropped from that window with a flag, never read as 0 J.
 

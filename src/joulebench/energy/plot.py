@@ -62,12 +62,12 @@ def plot_power_trace(
 
 
 def _shade_phases(axes, measurements: Sequence[Measurement], origin: float) -> None:
-    """One colour per phase (the name before '/'), so that epochs of one phase match."""
-    phases = sorted({m.name.split("/")[0] for m in measurements})
+    """One colour per phase, so that the epochs of one phase match."""
+    phases = sorted({m.phase for m in measurements})
     colours = {phase: f"C{(i + 3) % 10}" for i, phase in enumerate(phases)}
     for m in measurements:
         left, right = m.start - origin, m.end - origin
-        axes.axvspan(left, right, color=colours[m.name.split("/")[0]], alpha=0.15, lw=0)
+        axes.axvspan(left, right, color=colours[m.phase], alpha=0.15, lw=0)
         axes.annotate(
             m.name, xy=(left, 1), xycoords=("data", "axes fraction"), rotation=90,
             va="top", ha="left", fontsize=7,

@@ -1,8 +1,8 @@
 """The window core: meters, measurements, and the monitor that opens windows over them.
 
 A :class:`Meter` reports cumulative joules per device (``"gpu0"``, ``"cpu"``, ``"ram"``) and
-the ``source`` that produced them. ``EnergyMonitor.window(name)`` reads every meter at both
-edges and returns a :class:`Measurement`; windows may nest because reads never reset
+the ``source`` that produced them. ``EnergyMonitor.window(phase, epoch)`` reads every meter at
+both edges and returns a :class:`Measurement`; windows may nest because reads never reset
 anything. A meter that fails is dropped from that window with a flag, never read as 0 J, and
 so is a meter whose update period is longer than the window.
 """
@@ -20,14 +20,20 @@ from joulebench.energy.sampler import PowerSampler, TraceRow, peak_watts
 
 @dataclass(frozen=True)
 class Measurement:
-    """Energy and time of one window."""
+    """Energy and time of one window: a phase of the run, of one epoch or of the whole run."""
 
-    name: str
+    phase: str  # "idle", "train", "eval", ...
     start: float  # wall-clock (time.time()) at the window's opening, for plots
     seconds: float
     joules: dict[str, float]  # device -> joules
     sources: dict[str, str]  # device -> source of those joules
     flags: tuple[str, ...] = ()  # anything a reader must know (too short, meter failed)
+    epoch: int | None = None  # None: the phase spans the run
+
+    @property
+    def name(self) -> str:
+        """``phase``, or ``phase/epoch-N`` for one epoch's window (as artefacts and plots show it)."""
+        return self.phase if self.epoch is None else f"{self.phase}/epoch-{self.epoch}"
 
     @property
     def end(self) -> float:
@@ -89,7 +95,6 @@ class Meter:
 class Window:
     """Handle of an open window; ``measurement`` is set when the window closes."""
 
-    name: str
     measurement: Measurement | None = None
 
 
@@ -130,13 +135,14 @@ class EnergyMonitor:
     _closed: bool = False
 
     @contextmanager
-    def window(self, name: str) -> Iterator[Window]:
-        handle = Window(name)
+    def window(self, phase: str, epoch: int | None = None) -> Iterator[Window]:
+        """Measure the block as ``phase`` (of ``epoch``, where the phase repeats per epoch)."""
+        handle = Window()
         begin = self._edge()
         try:
             yield handle
         finally:
-            handle.measurement = self._measure(name, begin, self._edge())
+            handle.measurement = self._measure(phase, epoch, begin, self._edge())
             self.measurements.append(handle.measurement)
 
     def _edge(self) -> _Edge:
@@ -161,7 +167,7 @@ class EnergyMonitor:
                 flags.append(_failure(meter, error))
         return edge
 
-    def _measure(self, name: str, begin: _Edge, end: _Edge) -> Measurement:
+    def _measure(self, phase: str, epoch: int | None, begin: _Edge, end: _Edge) -> Measurement:
         seconds = end.clock - begin.clock
         joules: dict[str, float] = {}
         sources: dict[str, str] = {}
@@ -181,7 +187,7 @@ class EnergyMonitor:
             for device in (d for d in last if d in first):
                 joules[device] = last[device] - first[device]
                 sources[device] = meter.source
-        return Measurement(name, begin.wall, seconds, joules, sources, tuple(flags))
+        return Measurement(phase, begin.wall, seconds, joules, sources, tuple(flags), epoch)
 
     def power_trace(self) -> list[TraceRow]:
         """(wall time, watts per device) rows sampled so far, oldest first."""

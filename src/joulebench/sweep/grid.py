@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from joulebench import names
 from joulebench.config import IDENTITY, RunConfig, declaration, make_config, option_fields
 from joulebench.compress import method_names
 from joulebench.errors import ConfigError
@@ -146,6 +147,6 @@ def grid_table(combinations: list[Combination]) -> list[dict[str, Any]]:
     """The grid as logged on the parent run (the report reads the hashes back from it)."""
     return [
         {"label": c.label, "model": c.config.model, "method": c.config.method, "repeat": c.config.repeat,
-         "method_params": c.config.method_params, "config_hash": c.config_hash}
+         "method_params": c.config.method_params, names.CONFIG_HASH: c.config_hash}
         for c in combinations
     ]
