@@ -1,4 +1,4 @@
-"""tracking.py: the store check, and artefact tables whose rows do not all have the same keys."""
+"""tracking: the store check, and artefact tables whose rows do not all have the same keys."""
 
 import subprocess
 from pathlib import Path

@@ -1,0 +1,27 @@
+"""Everything joulebench keeps in MLflow; the only package that imports mlflow.
+
+- ``store``: where the store is, whether it can be used, a client bound to it.
+- ``runs``: one run per ``train``/``capacity`` and the ``Recorder`` that logs to it.
+- ``sweeps``: a sweep's parent run, which a rerun of the same grid reopens.
+- ``kubernetes``: cells submitted as MLflow Project runs to a cluster.
+- ``read``: finished runs read back for ``report``, and the report's own run.
+"""
+
+from joulebench.tracking.kubernetes import KubernetesProjectRun, check_cluster_reachable_store, submit_kubernetes_run
+from joulebench.tracking.read import (
+    RunRecord, finished_measured_runs, log_report_run, metric_history, sweep_grid_hashes,
+)
+from joulebench.tracking.runs import Recorder, config_params, environment_tags, recorded_run
+from joulebench.tracking.store import DEFAULT_TRACKING_URI, tracking_uri, ui_command, use_store
+from joulebench.tracking.sweeps import (
+    SweepRun, adopt_child, child_epochs_done, close_if_open, end_sweep_run, finished_config_hashes,
+    open_sweep_run,
+)
+
+__all__ = [
+    "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "Recorder", "RunRecord", "SweepRun", "adopt_child",
+    "check_cluster_reachable_store", "child_epochs_done", "close_if_open", "config_params", "end_sweep_run",
+    "environment_tags", "finished_config_hashes", "finished_measured_runs", "log_report_run",
+    "metric_history", "open_sweep_run", "recorded_run", "submit_kubernetes_run", "sweep_grid_hashes",
+    "tracking_uri", "ui_command", "use_store",
+]
