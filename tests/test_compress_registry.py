@@ -4,11 +4,17 @@ import pytest
 
 from joulebench.compress import METHODS, build_method, method_names, parse_method_params
 from joulebench.errors import ConfigError
+from joulebench.method_params import PARAMS
 
 
 def test_the_four_methods_are_registered_under_their_names():
     assert method_names() == ["baseline", "lowrank", "prune", "stego"]
     assert all(METHODS[name].name == name for name in method_names())
+
+
+def test_every_method_class_takes_its_parameters_from_the_torch_free_declarations():
+    assert sorted(METHODS) == sorted(PARAMS)
+    assert all(METHODS[name].params is PARAMS[name] for name in PARAMS)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ import html
 import math
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,8 +16,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from joulebench import report
 from joulebench.cli import main
+from joulebench.report import plots
 from joulebench.report import (
     Estimate,
     Ratio,
@@ -473,8 +475,8 @@ def test_plots_draw_marked_rows_hatched_or_hollow(monkeypatch, tmp_path):
     runs += [record("lowrank", r, 700.0 + r, {}) for r in range(2)]
     ((_, rows),) = build_report(runs, 0.99, lambda run_id, key: [])
     figures = []
-    monkeypatch.setattr(report, "_save", lambda figure, path: figures.append(figure))
-    for _, plot in report.PLOTS:
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure))
+    for _, plot in plots.PLOTS:
         assert plot(rows, tmp_path / "plot.png")
     bars, scatter, mechanism = (figure.axes[0] for figure in figures)
     # lowrank, stego: hatched where marked; the hatched legend entry says what it means
@@ -486,3 +488,12 @@ def test_plots_draw_marked_rows_hatched_or_hollow(monkeypatch, tmp_path):
         points = [c for c in axes.collections if len(c.get_offsets())]
         assert len(points) == count and [c.get_facecolors().size == 0 for c in points].count(True) == 1
     assert "energy source: rapl" in scatter.get_title() and "energy source: rapl" in mechanism.get_title()
+
+
+def test_reading_runs_back_imports_neither_torch_nor_torch_pruning():
+    """The report learns the methods' defaults from method_params, and tracking imports torch
+    only where a run is written: a report host needs no torch."""
+    code = ("import sys, joulebench.report; "
+            "print(sorted(m for m in ('torch', 'torch_pruning', 'torchvision') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

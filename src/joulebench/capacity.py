@@ -16,8 +16,10 @@ from pathlib import Path
 
 from torch import nn
 
-from joulebench.compress.stego import FILLS, MAX_BITS, overwrite_model_
+from joulebench.compress.stego import overwrite_model_
 from joulebench.errors import ConfigError
+from joulebench.method_params import FILLS, MAX_BITS
+from joulebench.plotting import pyplot
 
 Curve = list[tuple[int, float]]
 ALL_BITS = range(MAX_BITS + 1)
@@ -87,10 +89,7 @@ def largest_safe_bits(curve: Curve, tolerance: float = 0.01) -> int:
 
 def plot_capacity(curve: Curve, path: Path, title: str, tolerance: float = 0.01) -> Path:
     """Accuracy against bits overwritten, the tolerance band under bits = 0 and the capacity."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on training hosts
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     safe = largest_safe_bits(curve, tolerance)
     bits, accuracies = zip(*sorted(curve))

@@ -24,6 +24,7 @@ from typing import Any
 
 from joulebench import names
 from joulebench.errors import ConfigError
+from joulebench.method_params import parse_method_params
 
 # The schema is imported by every command, `--help` included: it stays free of torch. The
 # validators import what they check against (models, methods, datasets, meters) when called.
@@ -121,8 +122,7 @@ def _model(flag: str, value: Any, resolved: Resolved) -> str:
 
 def _method_params(flag: str, value: Any, resolved: Resolved) -> dict[str, Any]:
     """``--param`` pairs over the ``--params-file`` ones (resolved just before as params_file)."""
-    from joulebench.compress import parse_method_params
-
+    
     path = resolved.pop(PARAMS_FILE.key)  # an input of this field, not a field itself
     from_file = method_params_from_file(Path(path), resolved["method"]) if path else ()
     # One --param may carry several comma-separated pairs (`mlflow run -P params=a=1,b=2`);

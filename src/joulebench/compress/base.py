@@ -11,15 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One method parameter: its default, how to parse it from text, and what is accepted."""
-
-    default: Any
-    parse: Callable[[str], Any]
-    accepted: str
-    check: Callable[[Any], bool] = lambda value: True
+from joulebench.method_params import ParamSpec
 
 
 @dataclass
@@ -205,13 +197,3 @@ def classifier_heads(model: nn.Module, num_classes: int) -> dict[str, nn.Module]
             and layer.out_channels == num_classes
         )
     }
-
-
-def parse_bool(text: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no) as a bool; ValueError otherwise."""
-    lowered = text.lower()
-    if lowered in {"true", "1", "yes"}:
-        return True
-    if lowered in {"false", "0", "no"}:
-        return False
-    raise ValueError(text)

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from joulebench.compress.base import Method, ParamSpec, classifier_heads, output_classes, parse_bool
+from joulebench.compress.base import Method, classifier_heads, output_classes
+from joulebench.method_params import PARAMS
 
 EXACT_SVD_MAX_ELEMENTS = 1 << 20
 OVERSAMPLING = 10
@@ -129,21 +130,7 @@ class LowRank(Method):
     """Replace Linear (and optionally Conv2d) layers by two thinner ones from a truncated SVD."""
 
     name = "lowrank"
-    params = {
-        "rank_ratio": ParamSpec(
-            0.25, float, "a fraction in (0, 1]: rank = rank_ratio × min(rows, cols) (default 0.25)",
-            lambda ratio: 0 < ratio <= 1,
-        ),
-        "energy": ParamSpec(
-            None, float,
-            "a fraction in (0, 1]: instead of rank_ratio, keep the fewest singular values "
-            "holding this share of Σσ² (default: unset)",
-            lambda energy: 0 < energy <= 1,
-        ),
-        "conv": ParamSpec(
-            False, parse_bool, "true (also factorise Conv2d layers) or false (Linear only, default)"
-        ),
-    }
+    params = PARAMS["lowrank"]
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)

@@ -26,12 +26,11 @@ from joulebench.compress.base import (
     Method,
     OptimizerFactory,
     OptimizerWithPasses,
-    ParamSpec,
     classifier_heads,
     output_classes,
-    parse_bool,
     trainable,
 )
+from joulebench.method_params import PARAMS
 
 PRUNABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -133,7 +132,7 @@ def _trace_training_branches(model: nn.Module, example: torch.Tensor) -> Any:
 def output_channels(model: nn.Module, skipped: set[nn.Module]) -> int:
     """Output channels of all conv and linear layers outside ``skipped``."""
     return sum(
-        layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features
+        layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         for layer in model.modules()
         if isinstance(layer, PRUNABLE_LAYERS) and layer not in skipped
     )
@@ -173,18 +172,7 @@ class Prune(Method):
     """Magnitude pruning: masks over all weights, or whole channels removed (``structured``)."""
 
     name = "prune"
-    params = {
-        "amount": ParamSpec(
-            0.5, float,
-            "a fraction in (0, 1): of the weights, or of each layer's channels when structured "
-            "(default 0.5)",
-            lambda amount: 0 < amount < 1,
-        ),
-        "structured": ParamSpec(
-            False, parse_bool,
-            "true (remove channels with Torch-Pruning) or false (masked weights, default)",
-        ),
-    }
+    params = PARAMS["prune"]
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)

@@ -38,14 +38,13 @@ import torch
 from torch import nn
 
 from joulebench.compress.base import (
-    Method, OptimizerFactory, OptimizerWithPasses, ParamSpec, flat_views, trainable,
+    Method, OptimizerFactory, OptimizerWithPasses, flat_views, trainable,
 )
 from joulebench.errors import ConfigError
+from joulebench.method_params import PARAMS, STEGO_DTYPES
 
-MAX_BITS = 23  # float32's mantissa; overwriting more would reach the exponent
 BFLOAT16_BITS = 16  # float32 keeps 16 more mantissa bits than bfloat16
-FILLS = ("zero", "random")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in STEGO_DTYPES}
 # Layers whose parameters stay float32 when the rest is stored in bfloat16 (see the docstring).
 NORMALISATION_LAYERS = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
@@ -226,24 +225,7 @@ class Stego(Method):
     """Overwrite the ``bits`` low-order bits of every float32 weight and keep them overwritten."""
 
     name = "stego"
-    params = {
-        "bits": ParamSpec(
-            16, int, f"an integer 0–{MAX_BITS} (low-order bits overwritten; default 16)",
-            lambda bits: 0 <= bits <= MAX_BITS,
-        ),
-        "fill": ParamSpec(
-            "zero", str.lower, "zero (the compression, default) or random (a seeded payload)",
-            lambda fill: fill in FILLS,
-        ),
-        "seed": ParamSpec(
-            0, int, "an integer ≥ 0 seeding fill=random (default 0)", lambda seed: seed >= 0
-        ),
-        "dtype": ParamSpec(
-            "bfloat16", str.lower,
-            "bfloat16 (default) or float16 (CUDA only) for the compute when bits ≥ 16",
-            lambda dtype: dtype in DTYPES,
-        ),
-    }
+    params = PARAMS["stego"]
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)

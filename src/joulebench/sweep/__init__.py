@@ -23,8 +23,8 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from joulebench import tracking
-from joulebench.compress import method_names
 from joulebench.errors import ConfigError
+from joulebench.method_params import method_names
 from joulebench.models import PAPER_MODELS
 from joulebench.sweep.grid import (
     Combination, expand_grid, grid_table, parse_method_overrides, parse_names, parse_repeats, sweep_hash,

@@ -15,8 +15,8 @@ from typing import Any
 
 from joulebench import names
 from joulebench.config import IDENTITY, RunConfig, declaration, make_config, option_fields
-from joulebench.compress import method_names
 from joulebench.errors import ConfigError
+from joulebench.method_params import method_names
 
 # Identity fields that may be unset: the Kubernetes MLproject cannot declare them (no default), so
 # they travel as MLflow "extra" parameters, which MLflow turns into ``--KEY VALUE`` verbatim.
