@@ -148,9 +148,9 @@ def run_rounds(arms, loader, monitor, rounds: int, batches: int | None):
                 elif name == "loop":
                     samples = loop_epoch(arms[name], loader, optimizers[name], batches)
                 else:
-                    with monitor.window(f"train/epoch-{round_index + 1}"):
+                    with monitor.window("train", round_index + 1):
                         samples = loop_epoch(arms[name], loader, optimizers[name], batches)
-                    with monitor.window(f"eval/epoch-{round_index + 1}"):
+                    with monitor.window("eval", round_index + 1):
                         pass  # the eval window's edges: its work is not what is compared
                 wall[name].append(samples / (time.perf_counter() - start))
                 cpu[name].append(samples / (time.process_time() - start_cpu))
@@ -164,7 +164,7 @@ def time_windows(monitor: EnergyMonitor, count: int) -> list[float]:
     costs = []
     for index in range(count):
         before_open = time.perf_counter()
-        with monitor.window(f"bench/{index}"):
+        with monitor.window(f"bench-{index}"):
             opened = time.perf_counter()
             time.sleep(0.06)
             before_close = time.perf_counter()

@@ -38,7 +38,7 @@ except ModuleNotFoundError:  # a bare checkout on the GPU host: use its src/
 
 from joulebench.energy import EnergyMonitor, Measurement, build_monitor, gpu_spec
 from joulebench.energy.devices import peak_flops_per_joule
-from joulebench.energy.nvml import NvmlGpu, NvmlPowerMeter, driver_version, open_run_gpus
+from joulebench.energy.nvml import NvmlGpu, NvmlPowerMeter, nvml_module, open_run_gpus
 from joulebench.energy.sampler import PowerSampler
 
 
@@ -140,6 +140,14 @@ def train_for(step: Callable[[], None], seconds: float, device: torch.device) ->
             return steps
 
 
+def driver_version() -> str:
+    pynvml = nvml_module()
+    try:
+        return pynvml.nvmlSystemGetDriverVersion()
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def describe_gpu(gpu: NvmlGpu | None, args) -> None:
     print(f"python {platform.python_version()}, torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}")
@@ -218,7 +226,7 @@ def run_checks(monitor, comparison, device, args, idle_s: float, window_s: float
     train_for(step, min(window_s, 10.0), device)  # warm-up: cuDNN autotuning, allocator
     images = []
     for repeat in range(1, 4):
-        with compared_window(monitor, comparison, f"train/rep-{repeat}", results):
+        with compared_window(monitor, comparison, f"train-rep-{repeat}", results):
             images.append(train_for(step, window_s, device) * batch)
     print(f"windows (training in {'bf16' if args.bf16 else 'fp32/TF32'}, batch {batch}):")
     print_window(idle, idle_compared, None)
@@ -237,7 +245,7 @@ def print_window_cost(monitor: EnergyMonitor, device: torch.device) -> None:
     costs = []
     for index in range(50):
         before_open = time.perf_counter()
-        with monitor.window(f"cost/{index}"):
+        with monitor.window(f"cost-{index}"):
             opened = time.perf_counter()
             time.sleep(0.06)  # edges 60 ms apart: CodeCarbon measures at each, as in a run
             before_close = time.perf_counter()

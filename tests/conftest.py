@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from support import PowercapTree
+
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
@@ -36,4 +38,14 @@ def run_cli(args, cwd: Path, timeout: float = 600, env: dict | None = None) -> s
     return subprocess.run(
         [str(executable), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env=environment,
+    )
+
+
+@pytest.fixture
+def package_and_dram(tmp_path: Path) -> PowercapTree:
+    """A powercap tree with one package zone and its DRAM subzone (RAPL on this host)."""
+    return (
+        PowercapTree(tmp_path / "powercap")
+        .zone("intel-rapl:0", "package-0", 5_000_000)
+        .zone("intel-rapl:0:2", "dram", 7_000_000)
     )

@@ -14,24 +14,17 @@ from mlflow.tracking import MlflowClient
 
 from joulebench.cli import main
 from joulebench.energy import describe_meters
-from joulebench.models import build_model, count_parameters
+from joulebench.models import build_model
 
 from conftest import run_cli
+from support import only_run, parameter_count
 
 SOURCES = {"nvml_counter", "nvml_power", "rapl", "codecarbon_estimate"}
 
 
-def only_run(store: Path):
-    client = MlflowClient(f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name("joulebench")
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    return client, runs[0]
-
-
 def nothing_measurable_here() -> bool:
     """No GPU and no readable RAPL: CodeCarbon's estimate is all this host can give."""
-    available = {name for name, ok, _ in describe_meters(torch.device("cpu")) if ok}
+    available = {name for name, ok, _ in describe_meters(torch.device("cpu"), "USA") if ok}
     return not torch.cuda.is_available() and "rapl" not in available
 
 
@@ -68,7 +61,7 @@ def test_train_records_params_metrics_tags_and_artifacts(workdir):
     assert sum(epoch_joules) == pytest.approx(metrics["energy_train_j"])
     assert metrics["co2_kg"] > 0
     assert metrics["duration_s"] > metrics["train_seconds"] > 0
-    assert metrics["parameters"] == count_parameters(build_model("tinynet", 10))
+    assert metrics["parameters"] == parameter_count(build_model("tinynet", 10))
     assert metrics["inference_ms_per_image"] > 0
 
     tags = run.data.tags

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_energy_rapl import PowercapTree
+from support import PowercapTree
 
-from joulebench.energy import build_monitor, describe_meters
+from joulebench.energy import build_monitor, describe_meters, write_trace
 from joulebench.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -45,7 +45,7 @@ def test_without_rapl_cpu_and_ram_are_codecarbon_estimates_and_artefacts_are_wri
     measurement = epoch.measurement
     assert measurement.sources == {"cpu": "codecarbon_estimate", "ram": "codecarbon_estimate"}
     assert measurement.total_joules > 0 and measurement.flags == ()
-    assert [path.name for path in monitor.artifacts()] == [
+    assert [path.name for path in monitor.artifacts() + write_trace(monitor, tmp_path / "out")] == [
         "emissions.csv", "power_trace.csv", "power_trace.png",
     ]
     with (tmp_path / "out" / "power_trace.csv").open() as handle:
@@ -110,14 +110,14 @@ def test_rapl_with_dram_leaves_codecarbon_with_the_co2_only(tmp_path: Path):
 )
 def test_bad_options_are_one_line_config_errors(tmp_path: Path, kwargs, expected):
     with pytest.raises(ConfigError) as error:
-        build_monitor(CPU, output_dir=tmp_path, **kwargs)
+        build_monitor(CPU, **({"country": "USA"} | kwargs), output_dir=tmp_path)
     message = str(error.value)
     assert message.startswith(expected) and "\n" not in message and "fix:" in message
 
 
 def test_describe_meters_says_what_each_meter_reads_or_why_not(tmp_path: Path):
     absent = tmp_path / "absent"
-    assert describe_meters(CPU, powercap_root=absent) == [
+    assert describe_meters(CPU, "USA", powercap_root=absent) == [
         ("nvml_counter", False, "the run's device is cpu, not a GPU"),
         ("nvml_power", False, "the run's device is cpu, not a GPU"),
         ("rapl", False, f"{absent} not present"),

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import torch
 from codecarbon.input import DataSource
 
-from joulebench.energy import EnergyMonitor, Measurement
+from joulebench.energy import EnergyMonitor, Measurement, build_monitor
 from joulebench.energy.carbon import JOULES_PER_KWH, CodeCarbonMeter, check_country
 from joulebench.errors import ConfigError
 
@@ -96,3 +97,18 @@ def test_meter_reporting_no_device_still_gives_the_runs_co2(tmp_path: Path):
     meter.close()
     assert meter.emissions_kg > 0
     assert [path.name for path in meter.artifacts()] == ["emissions.csv"]
+
+
+def test_a_codecarbon_without_the_private_calls_the_meter_drives_is_unavailable_not_a_failed_window(
+    tmp_path: Path, monkeypatch
+):
+    from codecarbon.emissions_tracker import BaseEmissionsTracker
+
+    monkeypatch.delattr(BaseEmissionsTracker, "_measure_power_and_energy")
+    monitor = build_monitor(torch.device("cpu"), "USA", tmp_path, powercap_root=tmp_path / "no-powercap")
+    try:
+        assert all(meter.source != "codecarbon_estimate" for meter in monitor.meters)
+        assert monitor.unavailable["codecarbon"].startswith(
+            "CodeCarbonApiChanged: codecarbon ") and "has no _measure_power_and_energy" in monitor.unavailable["codecarbon"]
+    finally:
+        monitor.close()

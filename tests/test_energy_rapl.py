@@ -1,4 +1,4 @@
-"""RAPL reader and the window core, against powercap-shaped trees that the tests write.
+"""RAPL reader, against powercap-shaped trees that the tests write.
 
 RAPL is not readable on the development hosts (no /sys/class/powercap), so these trees are
 the RAPL hardware here; every file the reader touches is one the kernel would have.
@@ -9,56 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from itertools import count
 from pathlib import Path
 
 import pytest
 
-from joulebench.energy import EnergyMonitor
 from joulebench.energy.rapl import RaplMeter, RaplUnavailable, find_zones
+from support import PowercapTree
 
-MAX_RANGE_UJ = 262_143_328_850  # max_energy_range_uj of a real package zone (Xeon)
-
-
-class PowercapTree:
-    """A /sys/class/powercap look-alike: one directory per zone, as the kernel lays it out."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "intel-rapl").mkdir(exist_ok=True)  # the control-type directory: no zone
-        (root / "intel-rapl" / "enabled").write_text("1\n")
-
-    def zone(self, zone: str, name: str, energy_uj: int = 0, max_range_uj: int = MAX_RANGE_UJ):
-        directory = self.root / zone
-        directory.mkdir()
-        (directory / "name").write_text(name + "\n")
-        (directory / "max_energy_range_uj").write_text(f"{max_range_uj}\n")
-        self.set(zone, energy_uj)
-        return self
-
-    def energy(self, zone: str) -> int:
-        return int((self.root / zone / "energy_uj").read_text())
-
-    def set(self, zone: str, energy_uj: int) -> None:
-        # Atomic, as a sysfs read is: a sampler thread must never see a half-written file.
-        staging = self.root / zone / "energy_uj.new"
-        staging.write_text(f"{energy_uj}\n")
-        staging.replace(self.root / zone / "energy_uj")
-
-    def add(self, zone: str, joules: float) -> None:
-        """Advance a counter as the hardware does, wrapping at its range."""
-        max_range = int((self.root / zone / "max_energy_range_uj").read_text())
-        self.set(zone, (self.energy(zone) + round(joules * 1e6)) % max_range)
-
-
-@pytest.fixture
-def package_and_dram(tmp_path: Path) -> PowercapTree:
-    return (
-        PowercapTree(tmp_path / "powercap")
-        .zone("intel-rapl:0", "package-0", 5_000_000)
-        .zone("intel-rapl:0:2", "dram", 7_000_000)
-    )
 
 
 def test_cpu_sums_packages_ram_sums_dram_and_core_psys_mmio_are_left_out(tmp_path: Path):
@@ -112,59 +69,6 @@ def test_poll_gives_watts_from_energy_between_polls(package_and_dram: PowercapTr
     assert meter.poll() == {"cpu": 100.0, "ram": 10.0}
     package_and_dram.add("intel-rapl:0", 60.0)
     assert meter.poll() == {"cpu": 30.0, "ram": 0.0}
-
-
-def monitor_with_ticks(meter: RaplMeter, tick_s: float) -> EnergyMonitor:
-    """A monitor whose clock advances ``tick_s`` per reading, so seconds are exact."""
-    ticks = count()
-    return EnergyMonitor([meter], clock=lambda: next(ticks) * tick_s)
-
-
-def test_windows_nest_and_each_sees_its_own_energy(package_and_dram: PowercapTree):
-    monitor = monitor_with_ticks(RaplMeter(package_and_dram.root), tick_s=1.0)
-    with monitor.window("train") as outer:
-        package_and_dram.add("intel-rapl:0", 1.0)
-        with monitor.window("train", 1) as inner:
-            package_and_dram.add("intel-rapl:0", 2.0)
-            package_and_dram.add("intel-rapl:0:2", 0.5)
-        package_and_dram.add("intel-rapl:0", 4.0)
-    assert inner.measurement.joules == {"cpu": 2.0, "ram": 0.5}
-    assert outer.measurement.joules == {"cpu": 7.0, "ram": 0.5}
-    assert outer.measurement.sources == {"cpu": "rapl", "ram": "rapl"}
-    assert (inner.measurement.seconds, outer.measurement.seconds) == (1.0, 3.0)
-    assert outer.measurement.mean_watts == 7.5 / 3.0
-    assert [m.name for m in monitor.measurements] == ["train/epoch-1", "train"]
-    assert outer.measurement.flags == ()
-
-
-def test_window_shorter_than_update_period_is_flagged_never_zero(package_and_dram: PowercapTree):
-    monitor = monitor_with_ticks(RaplMeter(package_and_dram.root), tick_s=0.0004)
-    with monitor.window("compress") as window:
-        pass
-    measurement = window.measurement
-    assert measurement.joules == {} and measurement.total_joules is None
-    assert measurement.mean_watts is None
-    (flag,) = measurement.flags
-    assert flag == (
-        "rapl: window of 0.4 ms is shorter than the meter's 1 ms update period; "
-        "cpu, ram not measured"
-    )
-
-
-def test_meter_failing_mid_window_is_flagged_and_the_next_window_works(
-    package_and_dram: PowercapTree,
-):
-    monitor = monitor_with_ticks(RaplMeter(package_and_dram.root), tick_s=1.0)
-    energy_file = package_and_dram.root / "intel-rapl:0" / "energy_uj"
-    with monitor.window("eval") as failed:
-        energy_file.unlink()
-    assert failed.measurement.joules == {}
-    assert len(failed.measurement.flags) == 1
-    assert failed.measurement.flags[0].startswith("rapl failed: FileNotFoundError")
-    package_and_dram.set("intel-rapl:0", 5_000_000)
-    with monitor.window("inference") as recovered:
-        package_and_dram.add("intel-rapl:0", 3.0)
-    assert recovered.measurement.joules == {"cpu": 3.0, "ram": 0.0}
 
 
 def test_root_only_counter_is_unavailable_with_the_reason():

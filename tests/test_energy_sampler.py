@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_energy_rapl import PowercapTree
+from support import PowercapTree
 
 from joulebench.energy.rapl import RaplMeter
 from joulebench.energy.sampler import PowerSampler, RateOfCumulative, TrapezoidIntegrator, peak_watts

@@ -25,7 +25,7 @@ from sklearn.datasets import load_digits
 
 from joulebench.cli import main
 from joulebench.data import load_dataset
-from joulebench.errors import ConfigError
+from joulebench.errors import EXIT_ENVIRONMENT, ConfigError, EnvironmentFault
 from joulebench.fetch import (
     ARCHIVES,
     Archive,
@@ -125,7 +125,7 @@ def test_a_corrupted_file_is_refused_and_nothing_is_kept(server, tmp_path, algor
     (served / "file.bin").write_bytes(bytes(corrupted))
     out = tmp_path / "out"
 
-    with pytest.raises(ConfigError, match=f"has {algorithm} .*the published one is {expected[:12]}.*refused"):
+    with pytest.raises(EnvironmentFault, match=f"has {algorithm} .*the published one is {expected[:12]}.*refused"):
         download(f"{base}/file.bin", out / "file.bin", Checksum(algorithm, expected))
     assert _left_in(out) == []
 
@@ -136,20 +136,20 @@ def test_a_download_stopped_halfway_is_refused_and_nothing_is_kept(server, tmp_p
     served, base = server
     (served / "file.bin").write_bytes(PAYLOAD)
     out = tmp_path / "out"
-    with pytest.raises(ConfigError, match=f"stopped after {len(PAYLOAD) // 2} of {len(PAYLOAD)} bytes"):
+    with pytest.raises(EnvironmentFault, match=f"stopped after {len(PAYLOAD) // 2} of {len(PAYLOAD)} bytes"):
         download(f"{base}/{route}/file.bin", out / "file.bin", Checksum("md5", PAYLOAD_MD5), **options)
     assert _left_in(out) == []
 
 
 def test_a_missing_file_names_the_http_status(server, tmp_path):
     _, base = server
-    with pytest.raises(ConfigError, match=r"answered HTTP 404 for .*/absent\.bin; check the mirror"):
+    with pytest.raises(EnvironmentFault, match=r"answered HTTP 404 for .*/absent\.bin; check the mirror"):
         download(f"{base}/absent.bin", tmp_path / "out" / "absent.bin", Checksum("md5", PAYLOAD_MD5))
     assert _left_in(tmp_path / "out") == []
 
 
 def test_an_unreachable_host_says_there_is_no_network_and_how_to_get_the_files(closed_port, tmp_path):
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(EnvironmentFault) as caught:
         download(f"http://127.0.0.1:{closed_port}/x.pth", tmp_path / "x.pth", Checksum("md5", PAYLOAD_MD5))
     message = str(caught.value)
     assert f"cannot reach 127.0.0.1:{closed_port}" in message
@@ -200,7 +200,7 @@ def test_an_archive_folder_becomes_the_dataset_folder(server, tmp_path):
 def test_a_corrupted_cifar10_archive_from_a_mirror_leaves_no_dataset_folder(server, tmp_path):
     served, base = server
     (served / "cifar-10-python.tar.gz").write_bytes(_tar_gz({"cifar-10-batches-py/data_batch_1": PAYLOAD}))
-    with pytest.raises(ConfigError, match=f"the published one is {ARCHIVES['cifar10'].md5[:12]}"):
+    with pytest.raises(EnvironmentFault, match=f"the published one is {ARCHIVES['cifar10'].md5[:12]}"):
         fetch_dataset("cifar10", tmp_path / "datasets", mirror=base)
     assert _left_in(tmp_path / "datasets") == []
 
@@ -211,7 +211,7 @@ def test_weights_that_are_not_torchvisions_are_refused(server, tmp_path):
     assert published_name == "resnet18-f37072fd.pth"
     (served / published_name).write_bytes(PAYLOAD)
 
-    with pytest.raises(ConfigError, match=r"sha256 .*the published one is f37072fd…: refused"):
+    with pytest.raises(EnvironmentFault, match=r"sha256 .*the published one is f37072fd…: refused"):
         fetch_weights("resnet18", tmp_path / "weights", mirror=base)
     assert _left_in(tmp_path / "weights") == []
 
@@ -242,7 +242,7 @@ def test_cli_fetch_weights_through_the_mirror_env_refuses_in_one_line(server, tm
 
     code, _, err = _run_main(["fetch", "weights", "--model", "resnet18", "--to", str(tmp_path / "w")], capsys)
 
-    assert code == 2
+    assert code == EXIT_ENVIRONMENT  # the mirror's fault, not the options': a sweep would retry
     assert err.count("\n") == 1
     assert f"{base}/resnet18-f37072fd.pth has sha256 {PAYLOAD_SHA256[:12]}" in err
     assert _left_in(tmp_path / "w") == []
@@ -250,7 +250,7 @@ def test_cli_fetch_weights_through_the_mirror_env_refuses_in_one_line(server, tm
 
 def test_cli_fetch_offline_says_so_in_one_line(closed_port, in_tmp, capsys):
     code, _, err = _run_main(["fetch", "dataset", "cifar10", "--mirror", f"http://127.0.0.1:{closed_port}"], capsys)
-    assert code == 2
+    assert code == EXIT_ENVIRONMENT
     assert err.startswith(f"joulebench: error: cannot reach 127.0.0.1:{closed_port}")
     assert "no network" in err and "`dvc pull`" in err
     assert err.count("\n") == 1
@@ -275,3 +275,11 @@ def test_cli_exports_digits_as_an_image_folder_the_data_module_reads(in_tmp, cap
 
     splits = load_dataset(f"imagefolder:{root}", in_tmp, image_size=32, seed=0)
     assert (len(splits.train), len(splits.val), splits.num_classes) == (1437, 360, 10)
+
+
+def test_the_written_out_archives_are_the_ones_torchvision_publishes():
+    """fetch.py spells Imagenette's URL and md5 out; torchvision's private table is the reference."""
+    from torchvision import datasets
+
+    assert (ARCHIVES["imagenette"].url, ARCHIVES["imagenette"].md5) == datasets.Imagenette._ARCHIVES["320px"]
+    assert (ARCHIVES["cifar10"].url, ARCHIVES["cifar10"].md5) == (datasets.CIFAR10.url, datasets.CIFAR10.tgz_md5)

@@ -1,7 +1,6 @@
 """Model registry: the nine paper models, new heads, and safe, checked weight loading."""
 
 import os
-import pickle
 
 import pytest
 import torch
@@ -12,12 +11,12 @@ from joulebench.models import (
     PAPER_MODELS,
     _architecture,
     build_model,
-    count_parameters,
     image_sizes,
     published_hash_prefix,
     sha256_of,
     verify_hash,
 )
+from support import parameter_count
 
 # DESIGN.md's figures, in millions: the registry must agree within 1 %.
 DESIGN_MILLIONS = {
@@ -29,7 +28,7 @@ DESIGN_MILLIONS = {
 @pytest.mark.parametrize("name", list(PAPER_MODELS))
 def test_paper_model_parameter_count_and_new_head(name):
     imagenet = _architecture(name)
-    assert count_parameters(imagenet) == pytest.approx(DESIGN_MILLIONS[name] * 1e6, rel=0.01)
+    assert parameter_count(imagenet) == pytest.approx(DESIGN_MILLIONS[name] * 1e6, rel=0.01)
     model = build_model(name, num_classes=10)
     linear_or_conv = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert linear_or_conv[-1].weight.shape[0] == 10

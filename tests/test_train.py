@@ -21,7 +21,7 @@ from joulebench.models import build_model
 from joulebench.pipeline import train_and_record
 
 from conftest import run_cli
-from test_cli_train import only_run
+from support import only_run
 
 CPU = torch.device("cpu")
 

@@ -17,7 +17,8 @@ from typing import Any
 import click
 
 from joulebench.config import (
-    CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, make_config, option_fields, resolve_device,
+    CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, RunConfig, make_config, option_fields,
+    resolve_device,
 )
 from joulebench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, JoulebenchError
 
@@ -142,7 +143,8 @@ def meters(device: str) -> None:
 
     from joulebench.energy import describe_meters
 
-    for name, available, detail in describe_meters(torch.device(resolve_device(device))):
+    country = RunConfig().country  # what a run would estimate CO2 with by default
+    for name, available, detail in describe_meters(torch.device(resolve_device(device)), country):
         click.echo(f"{name:<12} {'yes' if available else 'no ':<4} {detail}")
 
 

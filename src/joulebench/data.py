@@ -26,7 +26,6 @@ from joulebench.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VALIDATION_FRACTION = 0.2
-DATASET_NAMES = ("digits", "cifar10", "imagefolder:PATH")
 
 
 @dataclass

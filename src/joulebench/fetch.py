@@ -33,7 +33,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
 from joulebench.data import stratified_split
-from joulebench.errors import ConfigError
+from joulebench.errors import ConfigError, EnvironmentFault
 from joulebench.models import (
     TINY_MODELS,
     check_model_name,
@@ -72,9 +72,12 @@ class Archive:
 
 # torchvision's published archives. cifar10 keeps its cifar-10-batches-py/ folder (where
 # joulebench.data reads it); imagenette (320 px side) brings train/ and val/ class folders.
+# Imagenette's URL and md5 are written out: torchvision keeps them in a private table (a test
+# holds them to it, so a change there is seen).
 ARCHIVES: dict[str, Archive] = {
     "cifar10": Archive(datasets.CIFAR10.url, datasets.CIFAR10.tgz_md5),
-    "imagenette": Archive(*datasets.Imagenette._ARCHIVES["320px"], folder="imagenette2-320"),
+    "imagenette": Archive("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz",
+                          "3df6f0d01a2c9592104656642f5e78a3", folder="imagenette2-320"),
 }
 EMBEDDED = ("digits",)  # exported from scikit-learn's copy: no network needed
 DATASET_NAMES = (*ARCHIVES, *EMBEDDED)
@@ -110,7 +113,7 @@ def download(url: str, destination: Path, checksum: Checksum, timeout_s: float =
         with handle:
             received, digest = _stream(_open(url, timeout_s), url, handle, hashlib.new(checksum.algorithm))
         if not checksum.matches(digest):
-            raise ConfigError(
+            raise EnvironmentFault(
                 f"{url} has {checksum.algorithm} {digest[:12]}…, the published one is "
                 f"{checksum.expected[:12]}…: refused and nothing kept; the download is corrupt "
                 "or the mirror serves another file, fetch again or from another mirror"
@@ -122,11 +125,11 @@ def download(url: str, destination: Path, checksum: Checksum, timeout_s: float =
 
 
 def _open(url: str, timeout_s: float) -> http.client.HTTPResponse:
-    """The response to GET ``url``; ConfigError when the host cannot be reached or refuses."""
+    """The response to GET ``url``; EnvironmentFault when the host cannot be reached or refuses."""
     try:
         return urllib.request.urlopen(url, timeout=timeout_s)
     except urllib.error.HTTPError as error:
-        raise ConfigError(
+        raise EnvironmentFault(
             f"{urlsplit(url).netloc} answered HTTP {error.code} for {url}; check the mirror "
             f"(--mirror or {MIRROR_ENV}) or try again later"
         ) from None
@@ -135,7 +138,7 @@ def _open(url: str, timeout_s: float) -> http.client.HTTPResponse:
 
 
 def _stream(response: http.client.HTTPResponse, url: str, sink: IO[bytes], digest: Any) -> tuple[int, str]:
-    """Copy the response body into ``sink``, hashing it; ConfigError unless it arrived whole."""
+    """Copy the response body into ``sink``, hashing it; EnvironmentFault unless it arrived whole."""
     announced = response.headers.get("Content-Length")
     received = 0
     try:
@@ -152,16 +155,16 @@ def _stream(response: http.client.HTTPResponse, url: str, sink: IO[bytes], diges
     return received, digest.hexdigest()
 
 
-def _stopped(url: str, received: int, announced: str | None, reason: object) -> ConfigError:
+def _stopped(url: str, received: int, announced: str | None, reason: object) -> EnvironmentFault:
     of_total = f" of {announced}" if announced else ""
-    return ConfigError(
+    return EnvironmentFault(
         f"the download of {url} stopped after {received}{of_total} bytes ({reason}); nothing "
         "was kept, run the same command again"
     )
 
 
-def _offline(url: str, reason: object) -> ConfigError:
-    return ConfigError(
+def _offline(url: str, reason: object) -> EnvironmentFault:
+    return EnvironmentFault(
         f"cannot reach {urlsplit(url).netloc} ({reason}): this host has no network to it; get "
         "the files with `dvc pull` from the project's DVC remote (see docs/dvc.md), or fetch on "
         f"a host with network, or set {MIRROR_ENV} to a mirror you can reach"
@@ -222,7 +225,7 @@ def _unpack(archive: Archive, mirror: str | None, scratch: Path) -> Path:
     extracted = Path(extract_archive(packed, scratch / "extracted", remove_finished=True))
     content = extracted / archive.folder if archive.folder else extracted
     if not content.is_dir():
-        raise ConfigError(f"{url} holds no {archive.folder}/ folder; the published archive changed")
+        raise EnvironmentFault(f"{url} holds no {archive.folder}/ folder; the published archive changed")
     return content
 
 

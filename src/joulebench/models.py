@@ -236,7 +236,3 @@ def _new_head(layer: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(layer, nn.Linear):
         return nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None)
     return nn.Conv2d(layer.in_channels, num_classes, 1, bias=layer.bias is not None)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -93,16 +93,16 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
                 result = run(config, data, model, method, monitor, settings, _epoch_logger(recorder), progress)
             finally:
                 monitor.close()
-                recorder.log_files(monitor.artifacts(), "energy")
+                recorder.log_files(monitor.artifacts() + energy.write_trace(monitor, Path(scratch)), "energy")
                 recorder.log_json("energy/windows.json", measurements_table(monitor))
-            _log_result(recorder, result, monitor)
+            sources = energy_tags(result, monitor)
+            _log_result(recorder, result, monitor, sources)
             flags = run_flags(result, settings)
             recorder.set_tags(flags)
             if config.save_model:
                 recorder.log_model(result.model, data.val[0][0][None])
-            tags = energy_tags(result, monitor)
     return Summary(
-        recorder.run_id, recorder.experiment_id, result, tags[names.ENERGY_SOURCE],
+        recorder.run_id, recorder.experiment_id, result, sources[names.ENERGY_SOURCE],
         ui_command(recorder.run_id, recorder.experiment_id), flags,
     )
 
@@ -142,7 +142,9 @@ def _epoch_logger(recorder: Recorder) -> Callable[[EpochResult], None]:
     return log
 
 
-def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMonitor) -> None:
+def _log_result(
+    recorder: Recorder, result: RunResult, monitor: energy.EnergyMonitor, sources: dict[str, str]
+) -> None:
     metrics = result.metrics()
     if monitor.emissions_kg is not None:
         metrics["co2_kg"] = monitor.emissions_kg
@@ -152,7 +154,7 @@ def _log_result(recorder: Recorder, result: RunResult, monitor: energy.EnergyMon
     recorder.log_metrics(metrics)
     if result.config.metrics_json:
         _write_json(result.config.metrics_json, metrics)
-    recorder.set_tags(energy_tags(result, monitor))
+    recorder.set_tags(sources)
     facts = result.report.facts
     recorder.log_params({f"compress.{k}": v for k, v in facts.items() if isinstance(v, (str, bool))})
     recorder.log_metrics({f"compress.{k}": float(v) for k, v in facts.items() if _number(v)})
@@ -185,7 +187,8 @@ def capacity_and_record(
         "capacity.fill": fill,
         "capacity.tolerance": tolerance,
     }
-    tags = environment_tags(data.version) | {"model": config.model, "method": "stego"}
+    # The run fine-tunes with config.method (its param); the bits are overwritten afterwards.
+    tags = environment_tags(data.version) | {"model": config.model, "method": config.method}
     with recorded_run(config, tags, params, command="capacity") as recorder:
         model = fine_tune(config, data, model, progress)
         curve = capacity_curve(model, accuracy_evaluator(config, data, model), bits_values, fill, config.seed)

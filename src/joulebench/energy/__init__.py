@@ -12,10 +12,10 @@ that fails is dropped from that window with a flag, never read as 0 J.
 
 from joulebench.energy.build import build_monitor, check_sample_hz, describe_meters
 from joulebench.energy.devices import gpu_spec, peak_flops_per_joule
-from joulebench.energy.plot import plot_power_trace, write_trace_csv
+from joulebench.energy.plot import plot_power_trace, write_trace, write_trace_csv
 from joulebench.energy.window import EnergyMonitor, Measurement, Meter, Window
 
 __all__ = [
     "EnergyMonitor", "Measurement", "Meter", "Window", "build_monitor", "check_sample_hz",
-    "describe_meters", "gpu_spec", "peak_flops_per_joule", "plot_power_trace", "write_trace_csv",
+    "describe_meters", "gpu_spec", "peak_flops_per_joule", "plot_power_trace", "write_trace", "write_trace_csv",
 ]

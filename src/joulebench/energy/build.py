@@ -34,7 +34,7 @@ def check_sample_hz(sample_hz: float) -> float:
 
 def build_monitor(
     device: torch.device,
-    country: str = "USA",
+    country: str,
     output_dir: Path = Path("."),
     sample_hz: float = 10.0,
     codecarbon_period_s: float = 1.0,
@@ -42,8 +42,8 @@ def build_monitor(
 ) -> EnergyMonitor:
     """An EnergyMonitor over every meter this host can read for a run on ``device``.
 
-    The power sampler is already running; ``close()`` the monitor to stop it and write the
-    artefacts (CodeCarbon's CSV, the power trace CSV and PNG) into ``output_dir``.
+    The power sampler is already running; ``close()`` the monitor to stop it (CodeCarbon then
+    writes its CSV into ``output_dir``).
     """
     period = check_sample_hz(sample_hz)
     country_code = _checked_country(country)
@@ -71,7 +71,7 @@ def build_monitor(
             unavailable["codecarbon"] = f"{type(error).__name__}: {error}"
     sampler = PowerSampler(meters)
     sampler.start()
-    return EnergyMonitor(meters, unavailable, sampler=sampler, output_dir=output_dir)
+    return EnergyMonitor(meters, unavailable, sampler=sampler)
 
 
 def _checked_country(country: str) -> str | None:
@@ -91,7 +91,7 @@ def _run_gpus(device: torch.device, unavailable: dict[str, str]) -> list[NvmlGpu
 
 
 def describe_meters(
-    device: torch.device, country: str = "USA", powercap_root: Path = POWERCAP_ROOT
+    device: torch.device, country: str, powercap_root: Path = POWERCAP_ROOT
 ) -> list[tuple[str, bool, str]]:
     """(meter, available, what it would read here / why not) for a run on ``device``."""
     return [

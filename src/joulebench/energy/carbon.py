@@ -79,6 +79,28 @@ def _latest_emissions_output(csv_dir: Path):
     return LatestEmissions()
 
 
+# The tracker's private members this meter drives (see the module docstring); checked when the
+# meter is built, so a CodeCarbon release that renames them makes the meter unavailable.
+PRIVATE_API = ("_scheduler", "_measure_power_and_energy")
+
+
+class CodeCarbonApiChanged(RuntimeError):
+    """CodeCarbon lacks a private member this meter relies on."""
+
+
+def check_private_api(tracker: object) -> None:
+    missing = [name for name in PRIVATE_API if not hasattr(tracker, name)]
+    if not missing and not callable(getattr(tracker._scheduler, "stop", None)):
+        missing = ["_scheduler.stop"]
+    if missing:
+        from codecarbon import __version__
+
+        raise CodeCarbonApiChanged(
+            f"codecarbon {__version__} has no {', '.join(missing)} (private API this meter drives); "
+            "install a codecarbon release in the range pyproject.toml pins"
+        )
+
+
 class CodeCarbonMeter(Meter):
     """CodeCarbon as a meter: cumulative estimated joules for ``reported`` devices.
 
@@ -111,7 +133,7 @@ class CodeCarbonMeter(Meter):
         self._output = _latest_emissions_output(output_dir)
         # Its first log lines are written before log_level takes effect.
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
-        self._tracker = OfflineEmissionsTracker(
+        tracker = OfflineEmissionsTracker(
             country_iso_code=self.country,
             project_name="joulebench",
             measure_power_secs=measure_power_secs,
@@ -124,6 +146,8 @@ class CodeCarbonMeter(Meter):
             allow_multiple_runs=True,
             log_level="error",
         )
+        check_private_api(tracker)  # before start: a mismatch is "meter unavailable", not a failed window
+        self._tracker = tracker
         self._tracker.start()
         self._tracker._scheduler.stop()  # see the module docstring: we drive measurements
         # The first measurement builds CodeCarbon's emissions engine (~0.2 s), outside any

@@ -1,4 +1,5 @@
-"""Known GPUs: peak dense FLOP/s per dtype and board power, for the fraction of peak FLOP/J.
+"""Known GPUs: peak dense FLOP/s per dtype and board power; ``benchmarks/gpu_check.py`` prints
+the datasheet's best FLOP/J beside the measured one (no run metric: a peak says nothing of a run).
 
 Figures are NVIDIA's datasheet numbers *without* structured sparsity (datasheets print the
 sparse figure with an asterisk; the dense one is half of it). Board power is the maximum

@@ -56,14 +56,6 @@ def nvml_module():
     return pynvml
 
 
-def driver_version() -> str:
-    pynvml = nvml_module()
-    try:
-        return pynvml.nvmlSystemGetDriverVersion()
-    finally:
-        pynvml.nvmlShutdown()
-
-
 def open_run_gpus(device: torch.device) -> list[NvmlGpu]:
     """The GPUs ``device`` runs on (one, for a single-device run)."""
     if device.type != "cuda":

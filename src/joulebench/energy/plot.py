@@ -8,9 +8,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from joulebench.energy.sampler import TraceRow
+from joulebench.plotting import pyplot
 
 if TYPE_CHECKING:
-    from joulebench.energy.window import Measurement
+    from joulebench.energy.window import EnergyMonitor, Measurement
+
+TRACE_CSV = "power_trace.csv"
+TRACE_PNG = "power_trace.png"
+
+
+def write_trace(monitor: EnergyMonitor, folder: Path) -> list[Path]:
+    """The closed monitor's power trace as CSV and PNG in ``folder``; nothing when nothing was
+    sampled. Without matplotlib (a lean GPU host) only the CSV, and the monitor says why."""
+    trace = monitor.power_trace()
+    if not trace:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [write_trace_csv(trace, folder / TRACE_CSV)]
+    try:
+        written.append(plot_power_trace(trace, monitor.measurements, folder / TRACE_PNG))
+    except ModuleNotFoundError as missing:
+        monitor.unavailable["trace_plot"] = f"{missing.name} not installed"
+    return written
 
 
 def trace_devices(trace: Sequence[TraceRow]) -> list[str]:
@@ -37,10 +56,7 @@ def plot_power_trace(
     trace: Sequence[TraceRow], measurements: Sequence[Measurement], path: Path
 ) -> Path:
     """Watts per device and their sum against time, each window shaded and named."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on training hosts
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     starts = [trace[0][0]] if trace else []
     origin = min(starts + [m.start for m in measurements], default=0.0)

@@ -76,7 +76,7 @@ class PowerSampler:
 
     A source that raises is recorded in ``failures`` (first error only) and polled again at
     its next period: one bad read must not end the trace. ``cpu_seconds`` is the thread's own
-    CPU time, so its cost can be reported.
+    CPU time, for ``benchmarks/energy_overhead.py``, which reports what sampling costs.
     """
 
     def __init__(self, sources: Iterable[PowerSource], clock: Callable[[], float] = time.time):

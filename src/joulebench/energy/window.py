@@ -112,17 +112,13 @@ def _failure(meter: Meter, error: Exception) -> str:
     return f"{meter.source} failed: {type(error).__name__}: {error}"
 
 
-TRACE_CSV = "power_trace.csv"
-TRACE_PNG = "power_trace.png"
-
-
 @dataclass
 class EnergyMonitor:
     """Windows over a set of meters; keeps every finished measurement in order.
 
     The optional ``sampler`` polls the meters' power in the background for the power trace;
-    ``close`` stops it, closes the meters and writes the trace as CSV and PNG into
-    ``output_dir``.
+    ``close`` stops it and closes the meters. The monitor only records: what is written from
+    its trace (``energy.write_trace``) is the caller's business.
     """
 
     meters: list[Meter]
@@ -130,8 +126,6 @@ class EnergyMonitor:
     measurements: list[Measurement] = field(default_factory=list)
     clock: Callable[[], float] = time.perf_counter
     sampler: PowerSampler | None = None
-    output_dir: Path | None = None
-    _written: list[Path] = field(default_factory=list)
     _closed: bool = False
 
     @contextmanager
@@ -204,9 +198,8 @@ class EnergyMonitor:
         return known[0] if known else None
 
     def artifacts(self) -> list[Path]:
-        """Files written by the meters and by ``close`` (power trace CSV and PNG)."""
-        meter_files = [path for meter in self.meters for path in meter.artifacts()]
-        return [path for path in meter_files + self._written if path.exists()]
+        """Files the meters wrote (CodeCarbon's CSV), after ``close``."""
+        return [path for meter in self.meters for path in meter.artifacts() if path.exists()]
 
     def close(self) -> None:
         if self._closed:
@@ -221,17 +214,3 @@ class EnergyMonitor:
                 meter.close()
             except Exception as error:
                 self.unavailable.setdefault(meter.source, f"close failed: {error}")
-        self._write_trace()
-
-    def _write_trace(self) -> None:
-        trace = self.power_trace()
-        if self.output_dir is None or not trace:
-            return
-        from joulebench.energy.plot import plot_power_trace, write_trace_csv
-
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._written = [write_trace_csv(trace, self.output_dir / TRACE_CSV)]
-        try:
-            self._written.append(plot_power_trace(trace, self.measurements, self.output_dir / TRACE_PNG))
-        except ModuleNotFoundError as missing:  # a lean GPU host may lack matplotlib
-            self.unavailable["trace_plot"] = f"{missing.name} not installed"
