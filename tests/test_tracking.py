@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from joulebench.errors import ConfigError
+from joulebench.errors import EXIT_ENVIRONMENT, ConfigError, EnvironmentFault
 from joulebench.tracking import Recorder, environment_tags, use_store
 
 
@@ -40,3 +40,40 @@ def test_git_commit_is_head_in_a_checkout_and_the_build_arg_outside_one(tmp_path
     assert environment_tags("v1")["git_commit"] == "0123abc"
     monkeypatch.delenv("JOULEBENCH_GIT_COMMIT")
     assert environment_tags("v1")["git_commit"] == "unknown"
+
+
+def test_only_the_tracking_package_imports_mlflow():
+    """The rule of the data flow: the loop, the pipeline and the report reach MLflow through tracking/."""
+    import ast
+
+    package = Path(__file__).parents[1] / "src" / "joulebench"
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(m == "mlflow" or m.startswith("mlflow.") for m in modules):
+                importers.add(path.relative_to(package).parts[0])
+    assert importers == {"tracking"}
+
+
+def test_a_store_that_cannot_be_opened_is_an_environment_fault_exit_75(tmp_path, monkeypatch, capsys):
+    from joulebench.cli import main
+
+    (tmp_path / "mlflow.db").write_bytes(b"not a database, " * 64)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(EnvironmentFault, match="cannot use the MLflow store sqlite:///"):
+        use_store("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "tinynet", "--weights", "none", "--idle-seconds", "0", "--quiet"])
+    assert exit_info.value.code == EXIT_ENVIRONMENT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("joulebench: error: cannot use the MLflow store") and "\n" not in err
+
+
+def test_a_deleted_experiment_is_input_to_change_not_a_store_fault(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.delete_experiment(client.create_experiment("gone"))
+    with pytest.raises(ConfigError, match="experiment 'gone' is deleted .*mlflow experiments restore"):
+        use_store("gone")
