@@ -301,3 +301,16 @@ def test_bfloat16_training_steps_on_cpu_keep_bfloat16_weights_and_train():
     assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # it trained
     assert [p.dtype for p in model.parameters()] == [b.dtype for b in before]
     assert torch.bfloat16 in {b.dtype for b in before}
+
+
+def test_the_normalisation_layers_kept_float32_are_every_torch_norm_layer():
+    """Named by public types; torch's private bases (_NormBase, _InstanceNorm) are the reference."""
+    import inspect
+
+    from torch import nn
+
+    from joulebench.compress.stego import NORMALISATION_LAYERS
+
+    private = (nn.modules.batchnorm._NormBase, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm, nn.GroupNorm)
+    layers = [c for c in vars(nn).values() if inspect.isclass(c) and issubclass(c, nn.Module)]
+    assert [c for c in layers if issubclass(c, private) != issubclass(c, NORMALISATION_LAYERS)] == []

@@ -46,8 +46,12 @@ from joulebench.method_params import PARAMS, STEGO_DTYPES
 BFLOAT16_BITS = 16  # float32 keeps 16 more mantissa bits than bfloat16
 DTYPES = {name: getattr(torch, name) for name in STEGO_DTYPES}
 # Layers whose parameters stay float32 when the rest is stored in bfloat16 (see the docstring).
+# Public types, not the private _NormBase and _InstanceNorm they share (the same set of classes).
 NORMALISATION_LAYERS = (
-    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+    nn.LazyInstanceNorm1d, nn.LazyInstanceNorm2d, nn.LazyInstanceNorm3d, nn.LayerNorm, nn.GroupNorm,
 )
 
 
