@@ -108,7 +108,7 @@ def test_a_codecarbon_without_the_private_calls_the_meter_drives_is_unavailable_
     monitor = build_monitor(torch.device("cpu"), "USA", tmp_path, powercap_root=tmp_path / "no-powercap")
     try:
         assert all(meter.source != "codecarbon_estimate" for meter in monitor.meters)
-        assert monitor.unavailable["codecarbon"].startswith(
-            "CodeCarbonApiChanged: codecarbon ") and "has no _measure_power_and_energy" in monitor.unavailable["codecarbon"]
+        why = monitor.unavailable["codecarbon"]
+        assert why.startswith("CodeCarbonApiChanged: codecarbon ") and "has no _measure_power_and_energy" in why
     finally:
         monitor.close()

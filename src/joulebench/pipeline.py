@@ -60,8 +60,8 @@ def measurements_table(monitor: energy.EnergyMonitor) -> list[dict[str, object]]
     """Every window as JSON-able rows, for the measurements artefact."""
     return [
         {
-            "name": m.name, "phase": m.phase, "epoch": m.epoch, "start": m.start, "seconds": m.seconds, "joules": m.joules,
-            "sources": m.sources, "flags": list(m.flags),
+            "name": m.name, "phase": m.phase, "epoch": m.epoch, "start": m.start, "seconds": m.seconds,
+            "joules": m.joules, "sources": m.sources, "flags": list(m.flags),
         }
         for m in monitor.measurements
     ]

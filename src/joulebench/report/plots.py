@@ -158,7 +158,7 @@ def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:
     return True
 
 
-def _nothing_to_plot(path: Path, name: str) -> None:
+def nothing_to_plot(path: Path, name: str) -> None:
     """A figure saying why ``name`` has no points (the HTML page leaves it out)."""
     plt = pyplot()
 

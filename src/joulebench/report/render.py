@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from joulebench import names
-from joulebench.report.plots import PLOTS, _nothing_to_plot
+from joulebench.report.plots import PLOTS, nothing_to_plot
 from joulebench.report.rows import (
     BASELINE,
     CAVEATS,
@@ -133,7 +133,7 @@ def write_report(groups: list[tuple[GroupKey, list[Row]]], out: Path) -> list[Pa
             if plot(rows, path):
                 images.append(path)
             else:  # the file still exists, so pipelines that declare it (dvc.yaml) always find it
-                _nothing_to_plot(path, name)
+                nothing_to_plot(path, name)
             plots.append(path)
         sections.append((group, table_rows(rows), footnotes(rows), images))
     md_path.write_text(_markdown(sections))

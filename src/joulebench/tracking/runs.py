@@ -137,10 +137,10 @@ class Recorder:
         MLflow 3 files the logged model under the *active* experiment whatever the run's is, and
         ``runs:/RUN/model`` finds it only in the run's: the one global setting this module makes.
         """
-        mlflow.set_experiment(experiment_id=self.experiment_id)
         import torch
         import torchvision
 
+        mlflow.set_experiment(experiment_id=self.experiment_id)
         # Pinning the requirements skips MLflow's slow inference of them (it re-imports the model).
         mlflow.pytorch.log_model(
             model.cpu().eval(),
