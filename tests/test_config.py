@@ -76,7 +76,7 @@ def test_cuda_refused_where_no_gpu_is_visible():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"idle_seconds": -1}, "--idle-seconds must be ≥ 0"),
+        ({"idle_seconds": -1}, "--idle-seconds must be a finite number ≥ 0"),
         ({"inference_batches": 0}, "--inference-batches must be > 0"),
         ({"sample_hz": 0}, "power sample rate 0.0 Hz is out of range"),
         ({"sample_hz": 1000}, "at most 100 Hz"),

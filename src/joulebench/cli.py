@@ -1,14 +1,13 @@
-"""The ``joulebench`` command: train · capacity · sweep · report · methods · meters · fetch.
+"""The ``joulebench`` command: train · capacity · sweep · report · methods · meters · fetch · resend.
 
 The run options of train, capacity and sweep are derived from RunConfig's declarations
 (``config.py``). Bad input ends with one line on stderr and exit code 2, an environment fault
-with one line and exit 75; Ctrl-C or SIGTERM with exit 130.
+with one line and exit 75; Ctrl-C, SIGTERM or SIGHUP with exit 130 (``signals.py``).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from joulebench.config import (
     resolve_device,
 )
 from joulebench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, JoulebenchError
+from joulebench.signals import die_with_sweep, handle_stop_signals
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -199,6 +199,16 @@ def report(experiment: str, parent: str | None, runs_from: Path | None, out: Pat
     click.echo(f"run id    {result.report_run_id} (the same files, under report/)")
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def resend(folder: Path) -> None:
+    """Send what a run could not send to its tracking store (kept in joulebench-unsent/RUN_ID)."""
+    from joulebench.tracking import resend as send_kept
+
+    run_id, count = send_kept(folder)
+    click.echo(f"resent    {count} calls of run {run_id}; {folder} removed")
+
+
 @cli.group()
 def fetch() -> None:
     """Download datasets and pretrained weights, checksum-verified (DVC's fetch stages run this)."""
@@ -239,14 +249,11 @@ def fetch_weights_command(model: str, to: Path, mirror: str | None) -> None:
         click.echo(f"{fetched.path}  {fetched.outcome}")
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: an expected failure is one line and its exit code (bad input 2, environment
     75), interruption exit 130; anything else is a bug and keeps its traceback."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    handle_stop_signals()
+    die_with_sweep()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep the summary readable
     try:
         cli.main(args=argv, prog_name="joulebench", standalone_mode=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -122,7 +123,6 @@ def _model(flag: str, value: Any, resolved: Resolved) -> str:
 
 def _method_params(flag: str, value: Any, resolved: Resolved) -> dict[str, Any]:
     """``--param`` pairs over the ``--params-file`` ones (resolved just before as params_file)."""
-    
     path = resolved.pop(PARAMS_FILE.key)  # an input of this field, not a field itself
     from_file = method_params_from_file(Path(path), resolved["method"]) if path else ()
     # One --param may carry several comma-separated pairs (`mlflow run -P params=a=1,b=2`);
@@ -175,16 +175,16 @@ def _country(flag: str, value: Any, resolved: Resolved) -> str:
 
 
 def _idle_seconds(flag: str, value: Any, resolved: Resolved) -> float:
-    seconds = float(value)
-    if seconds < 0:
-        raise ConfigError(f"{flag} must be ≥ 0, got {seconds}; 0 skips the idle baseline")
+    seconds = _number(flag, value, float)
+    if not 0 <= seconds < math.inf:  # also refuses nan, which compares false with everything
+        raise ConfigError(f"{flag} must be a finite number ≥ 0, got {value!r}; 0 skips the idle baseline")
     return seconds
 
 
 def _sample_hz(flag: str, value: Any, resolved: Resolved) -> float:
     from joulebench.energy import check_sample_hz
 
-    hz = float(value)
+    hz = _number(flag, value, float)
     check_sample_hz(hz)
     return hz
 
@@ -193,15 +193,57 @@ def _optional_path(flag: str, value: Any, resolved: Resolved) -> Path | None:
     return Path(value) if value else None
 
 
+def _output_file(flag: str, value: Any, resolved: Resolved) -> Path | None:
+    """A file the run will write at its end, checked now: a finished run must not fail on it."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; pass a file path such as {path / 'metrics.json'}")
+    folder = path.parent
+    while not folder.exists():  # the first existing ancestor must be a writable directory
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path} cannot be written: {folder} is a file, not a directory; "
+                          "pass a path under a directory")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{flag} {path} cannot be written: {folder} is read-only; pass a writable path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag} {path} is read-only; pass a writable path")
+    return path
+
+
+def _experiment(flag: str, value: Any, resolved: Resolved) -> str:
+    name = str(value).strip()
+    if not name:
+        raise ConfigError(f"{flag} is empty; pass an MLflow experiment name, e.g. {flag} joulebench")
+    return name
+
+
 def _path(flag: str, value: Any, resolved: Resolved) -> Path:
     return Path(value)
 
 
-def _whole(flag: str, value: Any, resolved: Resolved) -> int:
+def _number(flag: str, value: Any, kind: type) -> Any:
     try:
-        return int(value)
+        return kind(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{flag} must be a whole number, got {value!r}") from None
+        noun = "whole number" if kind is int else "number"
+        raise ConfigError(f"{flag} must be a {noun}, got {value!r}") from None
+
+
+def _whole(flag: str, value: Any, resolved: Resolved) -> int:
+    return _number(flag, value, int)
+
+
+MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's seeds are unsigned 32-bit
+
+
+def _seed(flag: str, value: Any, resolved: Resolved) -> int:
+    seed = _number(flag, value, int)
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{flag} must be a whole number from 0 to {MAX_SEED}, got {value!r}")
+    return seed
 
 
 BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -254,7 +296,7 @@ class RunConfig:
         DEFAULT_LR["adam"],
         f"Learning rate (> 0) [default: {DEFAULT_LR['adam']:g} adam, {DEFAULT_LR['sgd']:g} sgd].",
         parse=_lr, cli_default=None)
-    seed: int = option(0, "Seed of split, init and order.", parse=_whole, type=int)
+    seed: int = option(0, f"Seed of split, init and order (0 … {MAX_SEED}).", parse=_seed, type=int)
     image_size: int = option(
         DIGITS_IMAGE_SIZE,
         f"Input side in pixels [default: {DIGITS_IMAGE_SIZE} on digits, or the model's minimum/fixed size].",
@@ -279,7 +321,7 @@ class RunConfig:
     repeat: int = option(  # index of this run among a sweep's repeats of the same combination
         0, "Repeat index (sweeps set it).", commands={TRAIN}, parse=_whole, type=int)
 
-    experiment: str = option("joulebench", "MLflow experiment name.", role=FILING)
+    experiment: str = option("joulebench", "MLflow experiment name.", role=FILING, parse=_experiment)
     run_name: str | None = option(None, "MLflow run name.", role=FILING, commands={TRAIN, CAPACITY})
     quiet: bool = option(
         False, "No progress bars.", role=FILING, commands={TRAIN, CAPACITY}, parse=_bool, is_flag=True)
@@ -288,11 +330,11 @@ class RunConfig:
         parse=_bool, is_flag=True)
     metrics_json: Path | None = option(
         None, "Also write the final metrics to this JSON file (DVC metrics).", role=FILING,
-        commands={TRAIN}, parse=_optional_path, type=FILE)
+        commands={TRAIN}, parse=_output_file, type=FILE)
     run_json: Path | None = option(
         None, "When the run has FINISHED, write its run id and config hash to this JSON file "
         "(DVC's train stages do, for `report --runs-from`).", role=FILING, commands={TRAIN},
-        parse=_optional_path, type=FILE)
+        parse=_output_file, type=FILE)
     parent_run_id: str | None = option(
         None, "Nest the run under this MLflow run (sweeps set it).", role=FILING, commands={TRAIN})
 
@@ -381,8 +423,12 @@ def method_params_from_file(path: Path, method: str) -> tuple[str, ...]:
             f"--params-file {path} cannot be read as YAML ({type(error).__name__}); pass a readable "
             "YAML file such as the project's params.yaml"
         ) from None
-    methods = document.get("methods") if isinstance(document, dict) else None
-    values = methods.get(method) if isinstance(methods, dict) else None
+    if not isinstance(document, dict) or not isinstance(document.get("methods", {}), dict):
+        raise ConfigError(
+            f"--params-file {path} must be a YAML mapping with a methods mapping, e.g. "
+            "methods: {stego: {bits: 16}}; the project's params.yaml is one"
+        )
+    values = document.get("methods", {}).get(method)
     if values is not None and not isinstance(values, dict):
         raise ConfigError(
             f"methods.{method} in {path} must map parameter names to values, e.g. "

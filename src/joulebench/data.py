@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -37,6 +38,7 @@ class DataSplits:
     val: Dataset
     num_classes: int
     version: str  # content hash: DVC's md5 where the data is DVC-tracked
+    skipped: list[str] = field(default_factory=list)  # image files that could not be read, left out
 
 
 class UpscaledDigits(Dataset):
@@ -120,25 +122,73 @@ def _load_cifar10(root: Path, image_size: int) -> DataSplits:
     return DataSplits("cifar10", train, val, 10, dvc_version(root))
 
 
+IMAGE_FOLDER_LAYOUT = ("expected one sub-directory of images per class (at least two classes), "
+                       "or train/ and val/ each holding the same class sub-directories")
+
+
 def _load_imagefolder(root: Path, image_size: int, seed: int) -> DataSplits:
+    if root.is_file():
+        raise ConfigError(f"imagefolder:{root} is a file, not a directory; {IMAGE_FOLDER_LAYOUT}")
     if not root.is_dir():
         raise _missing(root, "imagenette")
     transform = _image_transform(image_size)
+    halves = [(root / half).is_dir() for half in ("train", "val")]
+    if any(halves) and not all(halves):
+        present, absent = ("train", "val") if halves[0] else ("val", "train")
+        raise ConfigError(f"{root} has {present}/ but no {absent}/; {IMAGE_FOLDER_LAYOUT}")
+    if all(halves):
+        train, val = _image_folder(root / "train", transform), _image_folder(root / "val", transform)
+        if train.classes != val.classes:
+            differ = sorted(set(train.classes) ^ set(val.classes))
+            raise ConfigError(
+                f"{root}/train and {root}/val hold different classes ({', '.join(differ[:5])} in only "
+                f"one); validation labels would name other classes: {IMAGE_FOLDER_LAYOUT}"
+            )
+        classes, skipped = train.classes, train.skipped + val.skipped
+    else:
+        whole = _image_folder(root, transform)
+        train_idx, val_idx = stratified_split(np.array(whole.targets), seed)
+        train, val, classes, skipped = Subset(whole, train_idx), Subset(whole, val_idx), whole.classes, whole.skipped
+    if len(classes) < 2:
+        raise ConfigError(f"{root} holds {len(classes)} class ({', '.join(classes)}); accuracy on one "
+                          f"class means nothing: {IMAGE_FOLDER_LAYOUT}")
+    return DataSplits(f"imagefolder:{root}", train, val, len(classes), dvc_version(root), skipped)
+
+
+class CheckedImageFolder(datasets.ImageFolder):
+    """An ImageFolder without the files PIL cannot open (kept by path in ``skipped``).
+
+    Each file's header is read once here (``Image.open`` + ``verify``: no decoding, about a
+    millisecond a file), so a corrupt or empty image is counted and left out before the run
+    opens, rather than killing an epoch with a traceback from a loader worker.
+    """
+
+    def __init__(self, root: Path, transform: transforms.Compose) -> None:
+        super().__init__(root, transform=transform)
+        readable = [(path, label) for path, label in self.samples if _opens_as_image(path)]
+        self.skipped = sorted({path for path, _ in self.samples} - {path for path, _ in readable})
+        self.samples = self.imgs = readable
+        self.targets = [label for _, label in readable]
+        empty = sorted(set(self.classes) - {self.classes[label] for label in self.targets})
+        if empty:
+            raise ConfigError(f"{root}: class folder {empty[0]} holds no readable image; "
+                              f"{IMAGE_FOLDER_LAYOUT}")
+
+
+def _opens_as_image(path: str) -> bool:
     try:
-        if (root / "train").is_dir() and (root / "val").is_dir():
-            train = datasets.ImageFolder(root / "train", transform=transform)
-            val = datasets.ImageFolder(root / "val", transform=transform)
-            classes = len(train.classes)
-        else:
-            whole = datasets.ImageFolder(root, transform=transform)
-            train_idx, val_idx = stratified_split(np.array(whole.targets), seed)
-            train, val, classes = Subset(whole, train_idx), Subset(whole, val_idx), len(whole.classes)
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _image_folder(root: Path, transform: transforms.Compose) -> CheckedImageFolder:
+    try:
+        return CheckedImageFolder(root, transform)
     except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(
-            f"{root} is not an image folder ({error}); expected one sub-directory of images per "
-            "class, or train/ and val/ holding such sub-directories"
-        ) from None
-    return DataSplits(f"imagefolder:{root}", train, val, classes, dvc_version(root))
+        raise ConfigError(f"{root} is not an image folder ({error}); {IMAGE_FOLDER_LAYOUT}") from None
 
 
 def dvc_version(path: Path) -> str:
@@ -172,13 +222,19 @@ def _dvc_lock_md5(lock: Path, path: Path) -> str | None:
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device
 ) -> DataLoader:
-    """A loader whose shuffling order is fixed by ``seed``."""
+    """A loader whose shuffling order is fixed by ``seed``.
+
+    A training loader drops a last batch of one sample: BatchNorm cannot take a batch
+    statistic over one value and would end the run after a whole epoch (1437 digits at
+    batch size 4). Only that one sample is dropped; any larger remainder is trained on.
+    """
     generator = torch.Generator().manual_seed(seed)
     in_memory = isinstance(dataset, UpscaledDigits)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        drop_last=shuffle and len(dataset) % batch_size == 1,
         generator=generator,
         num_workers=0 if in_memory else min(4, os.cpu_count() or 1),
         pin_memory=device.type == "cuda",

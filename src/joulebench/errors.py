@@ -32,3 +32,9 @@ class EnvironmentFault(JoulebenchError):
     """The environment failed, not the options: the message names the fault and what to check."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message (its type's name when it has none), for one-line messages."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

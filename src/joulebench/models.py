@@ -167,6 +167,8 @@ def _architecture(name: str) -> nn.Module:
 
 def load_state_dict(name: str, path: Path, check_hash: bool) -> dict[str, torch.Tensor]:
     """Read a weights file safely (no code runs); ConfigError says what is wrong with it."""
+    if path.is_dir():
+        raise ConfigError(f"weights file {path} is a directory; pass the .pth file inside it, or --weights none")
     if not path.is_file():
         raise ConfigError(
             f"weights file {path} not found; run `dvc pull {path}` or "

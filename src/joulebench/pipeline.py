@@ -97,8 +97,10 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
                 recorder.log_json("energy/windows.json", measurements_table(monitor))
             sources = energy_tags(result, monitor)
             _log_result(recorder, result, monitor, sources)
-            flags = run_flags(result, settings)
+            flags = run_flags(result, settings, data)
             recorder.set_tags(flags)
+            if data.skipped:
+                recorder.log_text(SKIPPED_LIST, "\n".join(data.skipped) + "\n")
             if config.save_model:
                 recorder.log_model(result.model, data.val[0][0][None])
     return Summary(
@@ -112,10 +114,19 @@ def emulation_tags(settings: ComputeSettings) -> dict[str, str]:
     return {names.COMPUTE_EMULATED: settings.emulated} if settings.emulated else {}
 
 
-def run_flags(result: RunResult, settings: ComputeSettings) -> dict[str, str]:
-    """What makes this run's figures untrustworthy, by tag name (tagged, printed, reported)."""
+SKIPPED_IMAGES = "skipped_images"  # tag and printed flag: image files left out as unreadable
+SKIPPED_LIST = "data/skipped_images.txt"
+
+
+def run_flags(result: RunResult, settings: ComputeSettings, data: DataSplits) -> dict[str, str]:
+    """What makes this run's figures untrustworthy, or less than they seem, by tag name
+    (tagged, printed, reported)."""
     short = result.short_run()
-    return ({names.SHORT_RUN: short} if short else {}) | emulation_tags(settings)
+    flags = ({names.SHORT_RUN: short} if short else {}) | emulation_tags(settings)
+    if data.skipped:
+        flags[SKIPPED_IMAGES] = (f"{len(data.skipped)} unreadable image files left out "
+                                 f"(first: {data.skipped[0]}; all in the run's {SKIPPED_LIST})")
+    return flags
 
 
 def write_run_record(path: Path, summary: Summary) -> None:

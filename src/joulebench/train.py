@@ -47,6 +47,7 @@ WARMUP_STEPS = 3  # first steps of epoch 1: cuDNN's kernel search, allocator gro
 MIN_TRAIN_SECONDS = 60.0
 MAX_WARMUP_SHARE = 0.10
 FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # torch.optim's fused Adam and SGD run on these
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @dataclass
@@ -254,6 +255,9 @@ def compute_settings(config: RunConfig, model: nn.Module, method: Method) -> Com
     """The training path for ``config``'s device and this model and method (``autocast_dtype``
     raises ConfigError for a precision the device cannot run)."""
     device = torch.device(config.device)
+    if config.batch_size < 2 and any(isinstance(m, BATCH_NORMS) for m in model.modules()):
+        raise ConfigError(f"--batch-size {config.batch_size} cannot train {config.model}: its BatchNorm "
+                          "layers need at least 2 samples per batch; pass --batch-size 2 or more")
     stored, autocast = method.stored_dtype(), method.autocast_dtype(device.type)
     return ComputeSettings(
         device=device,

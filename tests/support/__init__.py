@@ -3,6 +3,13 @@ what a run left in MLflow. Imported as ``support`` (pytest puts tests/ on the pa
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -55,3 +62,60 @@ def only_run(store: Path):
 def parameter_count(model: nn.Module) -> int:
     """Every parameter's elements, frozen ones included."""
     return sum(p.numel() for p in model.parameters())
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 at ``port`` over a sqlite store, as a user starts it:
+    stopped (its whole process group: uvicorn's workers) and restarted on the same port."""
+
+    START_SECONDS = 120.0
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder, self.port = folder, port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+                 "--artifacts-destination", str(self.folder / "artifacts")],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                # Its background job workers (seven processes) serve no purpose here.
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
+        deadline = time.monotonic() + self.START_SECONDS
+        while not self.healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.3)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return (self.folder / "server.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

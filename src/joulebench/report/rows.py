@@ -221,13 +221,18 @@ def _energy_to_accuracy(row: Row, baseline: Row | None, target_fraction: float, 
         row.estimates[ENERGY_TO_ACCURACY], row.energy_to_accuracy_note = None, "no baseline"
         return
     row.target_accuracy = target_fraction * baseline.estimates[names.ACCURACY].mean
+    accuracy = [history(run.run_id, names.VAL_ACCURACY) for run in row.runs]
     joules = [history(run.run_id, names.EPOCH_JOULES) for run in row.runs]
-    if not all(joules):  # epoch energy is absent where nothing could measure it
-        row.estimates[ENERGY_TO_ACCURACY], row.energy_to_accuracy_note = None, "not measured"
+    # Epoch energy is absent where nothing could measure it, and for an epoch shorter than a
+    # meter's update period: a cumulative sum over the epochs needs every one of them.
+    if not all({epoch for epoch, _ in accuracies} <= {epoch for epoch, _ in energies}
+               for accuracies, energies in zip(accuracy, joules)):
+        note = "not measured in every epoch" if any(joules) else "not measured"
+        row.estimates[ENERGY_TO_ACCURACY], row.energy_to_accuracy_note = None, note
         return
     reached = [
-        energy_to_accuracy(history(run.run_id, names.VAL_ACCURACY), epoch_joules, row.target_accuracy)
-        for run, epoch_joules in zip(row.runs, joules)
+        energy_to_accuracy(accuracies, energies, row.target_accuracy)
+        for accuracies, energies in zip(accuracy, joules)
     ]
     values = tuple(value for value in reached if value is not None)
     row.estimates[ENERGY_TO_ACCURACY] = Estimate(values) if len(values) == len(reached) else None

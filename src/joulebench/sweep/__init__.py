@@ -23,7 +23,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from joulebench import tracking
-from joulebench.errors import ConfigError
+from joulebench.errors import ConfigError, EnvironmentFault
 from joulebench.method_params import method_names
 from joulebench.models import PAPER_MODELS
 from joulebench.sweep.grid import (
@@ -92,6 +92,7 @@ def run_sweep(
     )
 
     experiment = options["experiment"]
+    _refuse_live_cells(tracking.use_store(experiment), combinations)
     parent = tracking.open_sweep_run(
         experiment, sweep_hash(combinations), grid_table(combinations), force=force,
         params={"models": ",".join(model_list), "methods": ",".join(method_list), "repeats": repeats,
@@ -127,3 +128,16 @@ def run_sweep(
             display.close()
             tracking.end_sweep_run(parent.run_id, status, Path(scratch))
     return SweepSummary(parent.run_id, parent.resumed, len(combinations), skipped, outcomes)
+
+
+def _refuse_live_cells(experiment_id: str, combinations: list[Combination]) -> None:
+    """Close the orphaned runs of these combinations (their process is gone); EnvironmentFault
+    if one still runs: starting it again would measure two runs on one device."""
+    live = tracking.reclaim_running(experiment_id, {c.config_hash for c in combinations})
+    if live:
+        label = next(c.label for c in combinations if c.config_hash == live[0].config_hash)
+        raise EnvironmentFault(
+            f"{label} is still running (run {live[0].run_id}, {live[0].where}"
+            f"{f', and {len(live) - 1} more' if len(live) > 1 else ''}); two runs on one device "
+            "corrupt both measurements: wait for it or stop it, then run the sweep again"
+        )

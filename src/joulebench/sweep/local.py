@@ -16,6 +16,7 @@ from typing import Any
 
 from joulebench import tracking
 from joulebench.errors import EXIT_BAD_INPUT
+from joulebench.signals import PARENT_PID_ENV
 from joulebench.sweep.grid import Combination
 from joulebench.sweep.progress import Outcome, Progress
 
@@ -36,7 +37,9 @@ class LocalRunner:
 
     A slot is a GPU (its ``CUDA_VISIBLE_DEVICES`` value) or, without ``--gpus``, the host
     (``None``): runs on one device are always sequential. Children get their own session so a
-    Ctrl-C reaches the sweep only, which then stops each child once, with SIGTERM.
+    Ctrl-C reaches the sweep only, which then stops each child once, with SIGTERM; a sweep
+    killed outright takes its children with it (``signals.die_with_sweep``). A child that
+    ends without closing its run (SIGKILL, a crash) has it closed here, KILLED or FAILED.
     """
 
     def __init__(
@@ -113,7 +116,7 @@ class LocalRunner:
 
     def _run_child(self, slot: int, combination: Combination) -> Outcome | None:
         log_path = self._log_dir / f"{combination.label}-{combination.config_hash}.log"
-        environment = dict(os.environ)
+        environment = dict(os.environ) | {PARENT_PID_ENV: str(os.getpid())}
         if self._slots[slot] is not None:
             environment["CUDA_VISIBLE_DEVICES"] = self._slots[slot]
         with log_path.open("w") as log, self._lock:
@@ -128,6 +131,11 @@ class LocalRunner:
         returncode = process.wait()
         with self._lock:
             started = self._running.pop(slot).started
+        if returncode not in (0, EXIT_BAD_INPUT):  # killed, or crashed, before it closed its run
+            tracking.close_child_run(
+                self._parent_run_id, combination.config_hash, "KILLED" if returncode < 0 else "FAILED",
+                f"sweep: its process ended with {_ended(returncode)}",
+            )
         return Outcome(
             combination, ok=returncode == 0, seconds=time.monotonic() - started,
             detail=f"exit {returncode}: {_tail(log_path)}", rejected_input=returncode == EXIT_BAD_INPUT,
@@ -145,6 +153,15 @@ class LocalRunner:
 def _train_command(combination: Combination, parent_run_id: str) -> list[str]:
     """``joulebench train`` under this interpreter (works installed or from a bare checkout)."""
     return [sys.executable, "-m", "joulebench", "train", *combination.train_arguments(parent_run_id)]
+
+
+def _ended(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        return f"signal {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"signal {-returncode}"
 
 
 def _tail(path: Path) -> str:

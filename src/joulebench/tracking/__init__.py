@@ -5,23 +5,25 @@
 - ``sweeps``: a sweep's parent run, which a rerun of the same grid reopens.
 - ``kubernetes``: cells submitted as MLflow Project runs to a cluster.
 - ``read``: finished runs read back for ``report``, and the report's own run.
+- ``outbox``: what a run could not send to its store, kept on disk and sent later.
+- ``process``: which process a run belongs to (a sweep tells live runs from orphans).
 """
 
 from joulebench.tracking.kubernetes import KubernetesProjectRun, check_cluster_reachable_store, submit_kubernetes_run
 from joulebench.tracking.read import (
     RunRecord, finished_measured_runs, log_report_run, metric_history, sweep_grid_hashes,
 )
-from joulebench.tracking.runs import Recorder, config_params, environment_tags, recorded_run
+from joulebench.tracking.runs import Recorder, config_params, environment_tags, recorded_run, resend
 from joulebench.tracking.store import DEFAULT_TRACKING_URI, tracking_uri, ui_command, use_store
 from joulebench.tracking.sweeps import (
-    SweepRun, adopt_child, child_epochs_done, close_if_open, end_sweep_run, finished_config_hashes,
-    open_sweep_run,
+    LiveRun, SweepRun, adopt_child, child_epochs_done, close_child_run, close_if_open, end_sweep_run,
+    finished_config_hashes, open_sweep_run, reclaim_running,
 )
 
 __all__ = [
-    "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "Recorder", "RunRecord", "SweepRun", "adopt_child",
-    "check_cluster_reachable_store", "child_epochs_done", "close_if_open", "config_params", "end_sweep_run",
-    "environment_tags", "finished_config_hashes", "finished_measured_runs", "log_report_run",
-    "metric_history", "open_sweep_run", "recorded_run", "submit_kubernetes_run", "sweep_grid_hashes",
-    "tracking_uri", "ui_command", "use_store",
+    "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "LiveRun", "Recorder", "RunRecord", "SweepRun",
+    "adopt_child", "check_cluster_reachable_store", "child_epochs_done", "close_child_run", "close_if_open",
+    "config_params", "end_sweep_run", "environment_tags", "finished_config_hashes", "finished_measured_runs",
+    "log_report_run", "metric_history", "open_sweep_run", "recorded_run", "reclaim_running", "resend",
+    "submit_kubernetes_run", "sweep_grid_hashes", "tracking_uri", "ui_command", "use_store",
 ]

@@ -14,14 +14,16 @@ import os
 import platform
 import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import RunStatus, RunTag
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -30,7 +32,10 @@ from mlflow.utils.time import get_current_time_millis
 
 from joulebench import names
 from joulebench.config import RunConfig
-from joulebench.tracking.store import client, tracking_uri, use_store
+from joulebench.errors import EnvironmentFault, first_line
+from joulebench.tracking.outbox import STORE_FAILURES, Call, Outbox, load, send
+from joulebench.tracking.process import process_tags
+from joulebench.tracking.store import answers, client, tracking_uri, use_store
 
 if TYPE_CHECKING:  # torch is imported where it is used: `report` reads runs without it
     import torch
@@ -77,13 +82,31 @@ def config_params(config: RunConfig, weights_source: str) -> dict[str, Any]:
     return config.params() | {"weights_source": weights_source}
 
 
+OUTAGE_GRACE_SECONDS = 30.0  # at a run's end, how long to wait for a store that went away
+OUTAGE_POLL_SECONDS = 5.0
+# A run's calls give up on a silent server after seconds, not MLflow's default of minutes:
+# what the store does not take is kept in the outbox and sent when it answers again.
+RUN_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 @dataclass
 class Recorder:
-    """Logging calls for one open run, through ``client``; handed to the pipeline."""
+    """Logging calls for one open run, through ``store``; handed to the pipeline.
+
+    A call the store does not take is kept in ``outbox`` (``outbox.py``) with every later
+    one, and sent, in order, as soon as the store answers again.
+    """
 
     run_id: str
     experiment_id: str
-    client: MlflowClient = field(default_factory=client)
+    store: MlflowClient = field(default_factory=client)
+    params_logged: set[str] = field(default_factory=set)  # by `mlflow run`, in the user's spelling
+    outbox: Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox({"run_id": self.run_id, "experiment_id": self.experiment_id,
+                              "tracking_uri": tracking_uri()})
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self._log_metrics(metrics, step=epoch)
@@ -93,10 +116,10 @@ class Recorder:
 
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = get_current_time_millis()
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._send(Call("log_batch", {"metrics": [[k, float(v), now, step] for k, v in metrics.items()]}, []))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._send(Call("log_batch", {"tags": [[k, str(v)] for k, v in tags.items()]}, []))
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params the run does not have yet.
@@ -104,13 +127,16 @@ class Recorder:
         ``mlflow run`` logs the entry point's parameters first, in the user's spelling
         (``-P lr=1e-3``); MLflow refuses to log a key again with another spelling (``0.001``).
         """
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        new = [[k, str(v)] for k, v in params.items() if k not in self.params_logged]
+        self.params_logged |= set(params)
         if new:
-            self.client.log_batch(self.run_id, params=new)
+            self._send(Call("log_batch", {"params": new}, []))
+
+    def log_text(self, name: str, text: str) -> None:
+        self._send(Call("log_text", {"name": name, "text": text}, []))
 
     def log_json(self, name: str, payload: Any) -> None:
-        self.client.log_text(self.run_id, json.dumps(payload, indent=2, default=str), name)
+        self.log_text(name, json.dumps(payload, indent=2, default=str))
 
     def log_table(self, name: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -121,36 +147,111 @@ class Recorder:
         writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
-        self.client.log_text(self.run_id, buffer.getvalue(), name)
+        self.log_text(name, buffer.getvalue())
 
     def log_files(self, paths: list[Path], folder: str | None = None) -> None:
-        for path in paths:
-            if path.is_file():
-                self.client.log_artifact(self.run_id, str(path), folder)
+        files = [str(path) for path in paths if path.is_file()]
+        if files:
+            self._send(Call("log_artifact", {"folder": folder}, files))
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        """The model in MLflow's PyTorch flavour; ``mlflow.pytorch.load_model`` reads it back.
-
-        Pickled as a whole module, not exported to pt2: an export is traced at the example's
-        batch size and would refuse any other batch size when loaded back. ``run_id`` reaches
-        ``Model.log`` through the flavour's keyword arguments (it has no parameter of its own);
-        MLflow 3 files the logged model under the *active* experiment whatever the run's is, and
-        ``runs:/RUN/model`` finds it only in the run's: the one global setting this module makes.
-        """
+        """The model in MLflow's PyTorch flavour (``log_pytorch_model``); kept as two
+        ``torch.save`` files in the outbox when the store does not take it."""
         import torch
-        import torchvision
 
-        mlflow.set_experiment(experiment_id=self.experiment_id)
-        # Pinning the requirements skips MLflow's slow inference of them (it re-imports the model).
-        mlflow.pytorch.log_model(
-            model.cpu().eval(),
-            name="model",
-            serialization_format="pickle",
-            input_example=example.cpu().numpy(),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"torchvision=={torchvision.__version__.split('+')[0]}"],
-            run_id=self.run_id,
-        )
+        model, example = model.cpu().eval(), example.cpu()
+
+        def saved() -> list[str]:
+            folder = self.outbox.folder / "model"
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(model, folder / "model.pt")
+            torch.save(example, folder / "example.pt")
+            return [str(folder / "model.pt"), str(folder / "example.pt")]
+        self._deliver(lambda: log_pytorch_model(self.run_id, self.experiment_id, model, example),
+                      lambda: Call("log_model", {}, saved()))
+
+    def end(self, status: str) -> None:
+        """Close the run with ``status``; EnvironmentFault if the store has not taken everything
+        within OUTAGE_GRACE_SECONDS (the outbox keeps it, and the message says how to send it)."""
+        self._send(Call("set_terminated", {"status": status, "end_time": get_current_time_millis()}, []))
+        waited = 0.0
+        while self.outbox.pending and waited < OUTAGE_GRACE_SECONDS:
+            time.sleep(OUTAGE_POLL_SECONDS)
+            waited += OUTAGE_POLL_SECONDS
+            self._flush_if_answering()
+        if self.outbox.pending:
+            raise EnvironmentFault(
+                f"the MLflow store {tracking_uri()} stopped taking this run's results "
+                f"({self.outbox.reason}); the run ran to its end ({status}) and everything unsent is "
+                f"kept in {self.outbox.folder}: send it once the store answers with "
+                f"`joulebench resend {self.outbox.folder}`"
+            )
+
+    def _send(self, call: Call) -> None:
+        self._deliver(lambda: send(self.store, self.outbox.run, call), lambda: call)
+
+    def _deliver(self, perform: Callable[[], None], kept: Callable[[], Call]) -> None:
+        """``perform`` the call after what the outbox holds; keep it instead if the store fails."""
+        if self.outbox.pending and not self._flush_if_answering():
+            self.outbox.keep(kept(), None)
+            return
+        try:
+            perform()
+        except STORE_FAILURES as error:
+            self.outbox.keep(kept(), error)
+
+    def _flush_if_answering(self) -> bool:
+        """Send the outbox if the store answers; whether it is empty now."""
+        if not answers(tracking_uri()):
+            return False
+        try:
+            self.outbox.flush(self.store)
+        except STORE_FAILURES:
+            return False
+        return True
+
+
+def log_pytorch_model(run_id: str, experiment_id: str, model: torch.nn.Module, example: torch.Tensor) -> None:
+    """Log ``model`` to run ``run_id`` in MLflow's PyTorch flavour; ``mlflow.pytorch.load_model``
+    reads it back.
+
+    Pickled as a whole module, not exported to pt2: an export is traced at the example's
+    batch size and would refuse any other batch size when loaded back. ``run_id`` reaches
+    ``Model.log`` through the flavour's keyword arguments (it has no parameter of its own);
+    MLflow 3 files the logged model under the *active* experiment whatever the run's is, and
+    ``runs:/RUN/model`` finds it only in the run's: the one global setting this module makes.
+    """
+    import torch
+    import torchvision
+
+    mlflow.set_experiment(experiment_id=experiment_id)
+    # Pinning the requirements skips MLflow's slow inference of them (it re-imports the model).
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        serialization_format="pickle",
+        input_example=example.numpy(),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                          f"torchvision=={torchvision.__version__.split('+')[0]}"],
+        run_id=run_id,
+    )
+
+
+def resend(folder: Path) -> tuple[str, int]:
+    """Send what a run left unsent in ``folder`` to the store it was meant for (or
+    MLFLOW_TRACKING_URI when set); (the run id, the calls sent)."""
+    outbox = load(folder)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or outbox.run["tracking_uri"]
+    count = len(outbox.calls)
+    try:
+        outbox.flush(MlflowClient(uri))
+    except STORE_FAILURES as error:
+        raise EnvironmentFault(
+            f"the MLflow store {uri} did not take the unsent calls of run {outbox.run['run_id']} "
+            f"({first_line(error)}); {len(outbox.calls)} are still kept in {folder}: run this again "
+            "once it answers"
+        ) from None
+    return outbox.run["run_id"], count
 
 
 def _open_run(store: MlflowClient, experiment_id: str, config: RunConfig, tags: dict[str, str]) -> str:
@@ -179,14 +280,19 @@ def recorded_run(
     tags = tags | {"joulebench.command": command, "repeat": str(config.repeat)}
     if command == "train":
         tags[names.CONFIG_HASH] = config.config_hash()
+    for name, value in RUN_HTTP_SETTINGS.items():
+        os.environ.setdefault(name, value)
     store = client()
-    recorder = Recorder(_open_run(store, experiment_id, config, tags), experiment_id, store)
+    run_id = _open_run(store, experiment_id, config, tags | process_tags())
+    launched = os.environ.get("MLFLOW_RUN_ID") == run_id
+    recorder = Recorder(run_id, experiment_id, store,
+                        set(store.get_run(run_id).data.params) if launched else set())
     system_metrics = SystemMetricsMonitor(recorder.run_id, tracking_uri=tracking_uri())
     system_metrics.start()
     status = RunStatus.FAILED
     try:
         recorder.log_params(params)
-        store.log_text(recorder.run_id, config.to_json(), "config.json")
+        recorder.log_text("config.json", config.to_json())
         yield recorder
         status = RunStatus.FINISHED
     except KeyboardInterrupt:
@@ -194,4 +300,9 @@ def recorded_run(
         raise
     finally:
         system_metrics.finish()
-        store.set_terminated(recorder.run_id, RunStatus.to_string(status))
+        ending = sys.exc_info()[1] is not None
+        try:
+            recorder.end(RunStatus.to_string(status))
+        except EnvironmentFault:
+            if not ending:  # the error that ended the run is the one to report
+                raise

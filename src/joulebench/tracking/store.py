@@ -6,17 +6,23 @@ points elsewhere (a server, another file).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import requests
 from mlflow.tracking import MlflowClient
 
-from joulebench.errors import ConfigError, EnvironmentFault
+from joulebench.errors import ConfigError, EnvironmentFault, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+HEALTH_ATTEMPTS = 3  # a server is given 3 × 3 s + 2 × 2 s = 13 s to answer
+HEALTH_TIMEOUT_SECONDS = 3.0
+HEALTH_PAUSE_SECONDS = 2.0
 
 
 def tracking_uri() -> str:
@@ -28,11 +34,74 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri())
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def answers(uri: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
+    """Whether the store answers now: a server's ``/health`` within ``timeout``; a local store
+    is taken to (its own calls say otherwise)."""
+    if not is_server(uri):
+        return True
+    try:
+        return requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).ok
+    except requests.exceptions.RequestException:
+        return False
+
+
+def _check_server(uri: str) -> None:
+    """EnvironmentFault within about 15 s when no server answers at ``uri`` (MLflow's own
+    retries would take minutes to say so)."""
+    for attempt in range(HEALTH_ATTEMPTS):
+        if answers(uri):
+            return
+        if attempt + 1 < HEALTH_ATTEMPTS:
+            time.sleep(HEALTH_PAUSE_SECONDS)
+    raise EnvironmentFault(
+        f"no MLflow tracking server answers at {uri} (checked {uri.rstrip('/')}/health "
+        f"{HEALTH_ATTEMPTS} times); start it (`mlflow server --host HOST --port PORT`) or set "
+        "MLFLOW_TRACKING_URI to a running server or to sqlite:///PATH"
+    )
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """Make a new sqlite store whole or not at all, once however many processes start at once.
+
+    MLflow creates and migrates a store on first use; two processes doing it together fail
+    (``table _alembic_tmp_experiments already exists``), and a disk that fills up meanwhile
+    leaves a half-migrated file that fails for ever after. Here one process, holding a lock,
+    builds the store in a temporary file beside it and renames it into place.
+    """
+    if path.exists():
+        return
+    lock_path = path.with_name(path.name + ".lock")
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if path.exists():  # another process made it while this one waited
+            return
+        staging = path.with_name(f".{path.name}.{os.getpid()}.new")
+        try:
+            MlflowClient(f"sqlite:///{staging}").search_experiments(max_results=1)
+            os.replace(staging, path)
+        except Exception as error:
+            staging.unlink(missing_ok=True)
+            raise EnvironmentFault(
+                f"cannot create the MLflow store {path} ({first_line(error, 200)}); nothing was "
+                "left half-made: free space or fix the folder, then run again"
+            ) from None
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
 def use_store(experiment: str) -> str:
     """The id of ``experiment`` in the store, made if new; ConfigError for a store path that
     cannot be written, EnvironmentFault for a store that fails to answer or to open."""
     uri = tracking_uri()
     _check_local_path_writable(uri)
+    if is_server(uri):
+        _check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        _create_sqlite_store(Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)  # for the parts of MLflow that read it globally (log_model)
     launched_run = os.environ.get("MLFLOW_RUN_ID")
     try:
@@ -43,9 +112,8 @@ def use_store(experiment: str) -> str:
         if found is None:
             return store.create_experiment(experiment)
     except Exception as error:  # any failure here means the store is unusable
-        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise EnvironmentFault(
-            f"cannot use the MLflow store {uri} ({first_line}); set MLFLOW_TRACKING_URI to a "
+            f"cannot use the MLflow store {uri} ({first_line(error, 200)}); set MLFLOW_TRACKING_URI to a "
             "writable sqlite:///PATH or a running server's http://HOST:PORT"
         ) from None
     if found.lifecycle_stage == "deleted":
@@ -102,7 +170,7 @@ def all_runs(store: MlflowClient, experiment: str, filter_string: str) -> Iterat
 def ui_command(run_id: str, experiment: str) -> str:
     """How to open run ``run_id`` of experiment id ``experiment`` in the MLflow UI."""
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         return f"open {uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
     return (
         f"mlflow ui --backend-store-uri {uri}  # then open "

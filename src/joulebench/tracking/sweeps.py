@@ -14,11 +14,13 @@ from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from joulebench import names
+from joulebench.tracking.process import HOST_TAG, PID_TAG, process_alive
 from joulebench.tracking.store import all_runs, client, use_store
 
 RUN_KIND_TAG = "run_kind"
 SWEEP_HASH_TAG = "sweep_hash"
 GRID_ARTIFACT = "sweep/grid.json"
+CLOSED_BY_TAG = "closed_by"  # who closed a run its own process could not close, and why
 
 
 @dataclass
@@ -75,6 +77,47 @@ def child_epochs_done(parent_run_id: str, config_hash: str) -> int | None:
     if not running:
         return None
     return len(store.get_metric_history(running[0].info.run_id, names.VAL_ACCURACY))
+
+
+def close_child_run(parent_run_id: str, config_hash: str, status: str, why: str) -> None:
+    """Close the run of a sweep's child that exited without closing it (SIGKILL, a crash)."""
+    store = client()
+    experiment = store.get_run(parent_run_id).info.experiment_id
+    for run in store.search_runs(
+        [experiment],
+        f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
+        "and attributes.status = 'RUNNING'",
+    ):
+        store.set_tag(run.info.run_id, CLOSED_BY_TAG, why)
+        store.set_terminated(run.info.run_id, status)
+
+
+@dataclass
+class LiveRun:
+    """A RUNNING run of a combination whose process still runs (or runs where this host cannot look)."""
+
+    run_id: str
+    config_hash: str
+    where: str  # "pid 123 on host"
+
+
+def reclaim_running(experiment_id: str, config_hashes: set[str]) -> list[LiveRun]:
+    """Close as KILLED the RUNNING runs of these combinations whose process is gone (killed
+    before it could close them); return those whose process still runs, or may."""
+    store = client()
+    live = []
+    for run in all_runs(store, experiment_id, "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get(names.CONFIG_HASH) not in config_hashes:
+            continue
+        alive = process_alive(tags)
+        if alive is False:
+            store.set_tag(run.info.run_id, CLOSED_BY_TAG, "sweep resume: its process was gone")
+            store.set_terminated(run.info.run_id, "KILLED")
+        else:
+            where = f"pid {tags.get(PID_TAG, '?')} on {tags.get(HOST_TAG, 'an unknown host')}"
+            live.append(LiveRun(run.info.run_id, tags[names.CONFIG_HASH], where))
+    return live
 
 
 def end_sweep_run(run_id: str, status: str, log_dir: Path) -> None:

@@ -1,0 +1,195 @@
+"""Campaign, bad input: each row is a command as a user types it, the exit code, a fragment of
+the one line it must print, and the statuses of the runs it must leave (none: nothing opened).
+
+The promise held here: bad input → one line naming the problem and the fix, exit 2, no
+traceback, no run left RUNNING, nothing half-written. An environment fault → exit 75.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from joulebench.cli import main
+from joulebench.config import MAX_SEED
+
+from support import free_port
+
+QUICK = ["--model", "tinynet", "--weights", "none", "--epochs", "1", "--limit-train-batches", "2",
+         "--idle-seconds", "0", "--inference-batches", "1", "--quiet"]
+
+
+def images(folder: Path, classes: list[str], per_class: int = 6, size: int = 12) -> None:
+    """``per_class`` small random PNGs in one sub-directory per class."""
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{index}.png")
+
+
+def _train_val_mismatch(d: Path) -> None:
+    images(d / "data" / "train", ["cat", "dog"])
+    images(d / "data" / "val", ["cat", "fox"])
+
+
+def _one_class(d: Path) -> None:
+    images(d / "data", ["cat"])
+
+
+def _train_without_val(d: Path) -> None:
+    images(d / "data" / "train", ["cat", "dog"])
+
+
+def _all_unreadable_class(d: Path) -> None:
+    images(d / "data", ["cat"])
+    (d / "data" / "dog").mkdir()
+    (d / "data" / "dog" / "0.jpg").write_bytes(np.random.default_rng(1).bytes(500))
+
+
+def _empty_folder(d: Path) -> None:
+    (d / "data").mkdir()
+
+
+def _a_file(d: Path) -> None:
+    (d / "data").write_text("not a folder\n")
+
+
+def _weights_dir(d: Path) -> None:
+    (d / "weights.pth").mkdir()
+
+
+def _params(text: str) -> Callable[[Path], None]:
+    return lambda d: (d / "p.yaml").write_text(text)
+
+
+def _deleted_experiment(d: Path) -> None:
+    client = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    client.delete_experiment(client.create_experiment("gone"))
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    exit: int
+    message: str
+    statuses: list[str] = field(default_factory=list)  # of every run in the store, sorted
+    setup: Callable[[Path], None] = lambda d: None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def train(*args: str) -> list[str]:
+    return ["train", *QUICK, *args]
+
+
+CASES = [
+    Case("lr-inf", train("--lr", "inf"), 2, "--lr must be a finite number"),
+    Case("lr-nan", train("--lr", "nan"), 2, "--lr must be > 0"),
+    Case("lr-1e308-diverges", train("--lr", "1e308"), 2,
+         "training diverged: the loss was not finite at epoch 1, step", ["FAILED"]),
+    Case("idle-nan", train("--idle-seconds", "nan"), 2, "--idle-seconds must be a finite number ≥ 0"),
+    Case("idle-inf", train("--idle-seconds", "inf"), 2, "--idle-seconds must be a finite number ≥ 0"),
+    Case("idle-negative", train("--idle-seconds", "-1"), 2, "--idle-seconds must be a finite number ≥ 0"),
+    Case("idle-text", train("--idle-seconds", "soon"), 2, "'soon' is not a valid float"),
+    Case("sample-hz-nan", train("--sample-hz", "nan"), 2, "power sample rate nan Hz is out of range"),
+    Case("seed-negative", train("--seed", "-1"), 2, f"--seed must be a whole number from 0 to {MAX_SEED}"),
+    Case("seed-too-big", train("--seed", "99999999999"), 2, f"from 0 to {MAX_SEED}, got 99999999999"),
+    Case("seed-text", train("--seed", "x"), 2, "'x' is not a valid integer"),
+    Case("epochs-fraction", train("--epochs", "1.5"), 2, "--epochs must be a whole number > 0"),
+    Case("batch-size-zero", train("--batch-size", "0"), 2, "--batch-size must be > 0"),
+    Case("batch-size-one-batchnorm", train("--batch-size", "1"), 2,
+         "its BatchNorm layers need at least 2 samples per batch"),
+    Case("experiment-empty", train("--experiment", ""), 2, "--experiment is empty"),
+    Case("experiment-blank", train("--experiment", "   "), 2, "--experiment is empty"),
+    Case("experiment-deleted", train("--experiment", "gone"), 2,
+         "experiment 'gone' is deleted in the MLflow store", setup=_deleted_experiment),
+    Case("metrics-json-under-a-file", train("--metrics-json", "{d}/mlflow.db/m.json"), 2,
+         "is a file, not a directory"),
+    Case("metrics-json-a-directory", train("--metrics-json", "{d}"), 2, "is a directory"),
+    Case("run-json-under-a-file", train("--run-json", "{d}/mlflow.db/deeper/r.json"), 2,
+         "is a file, not a directory"),
+    Case("params-file-a-list", train("--params-file", "p.yaml"), 2, "must be a YAML mapping",
+         setup=_params("- bits: 16\n")),
+    Case("params-file-a-scalar", train("--params-file", "p.yaml"), 2, "must be a YAML mapping",
+         setup=_params("16\n")),
+    Case("params-file-empty", train("--params-file", "p.yaml"), 2, "must be a YAML mapping",
+         setup=_params("")),
+    Case("params-file-methods-a-list", train("--params-file", "p.yaml"), 2, "with a methods mapping",
+         setup=_params("methods: [stego]\n")),
+    Case("params-file-method-a-list", train("--method", "stego", "--params-file", "p.yaml"), 2,
+         "methods.stego in p.yaml must map parameter names", setup=_params("methods: {stego: [16]}\n")),
+    Case("params-file-not-yaml", train("--params-file", "p.yaml"), 2, "cannot be read as YAML",
+         setup=_params("a: [unclosed\n")),
+    Case("params-file-missing", train("--params-file", "absent.yaml"), 2, "cannot be read as YAML"),
+    Case("imagefolder-a-file", train("--dataset", "imagefolder:data"), 2, "is a file, not a directory",
+         setup=_a_file),
+    Case("imagefolder-missing", train("--dataset", "imagefolder:absent"), 2, "dataset directory absent not found"),
+    Case("imagefolder-empty", train("--dataset", "imagefolder:data"), 2, "is not an image folder",
+         setup=_empty_folder),
+    Case("imagefolder-train-val-classes-differ", train("--dataset", "imagefolder:data"), 2,
+         "hold different classes (dog, fox in only one)", setup=_train_val_mismatch),
+    Case("imagefolder-one-class", train("--dataset", "imagefolder:data"), 2, "holds 1 class (cat)",
+         setup=_one_class),
+    Case("imagefolder-train-without-val", train("--dataset", "imagefolder:data"), 2, "has train/ but no val/",
+         setup=_train_without_val),
+    Case("imagefolder-class-all-unreadable", train("--dataset", "imagefolder:data"), 2,
+         "class folder dog holds no readable image", setup=_all_unreadable_class),
+    Case("weights-a-directory", ["train", *QUICK[:1], "resnet18", "--weights", "weights.pth", "--quiet"], 2,
+         "weights file weights.pth is a directory", setup=_weights_dir),
+    Case("country-two-letters", train("--country", "FR"), 2, "must be an ISO 3166 alpha-3 code"),
+    Case("device-malformed", train("--device", "cuda:x"), 2, "is malformed"),
+    Case("sweep-idle-nan-before-any-child", ["sweep", "--models", "tinynet", *QUICK[2:], "--idle-seconds", "nan"],
+         2, "--idle-seconds must be a finite number ≥ 0"),
+    Case("sweep-seed-overflows-in-a-repeat",
+         ["sweep", "--models", "tinynet", "--repeats", "2", "--seed", str(MAX_SEED), *QUICK[2:]], 2,
+         f"--seed must be a whole number from 0 to {MAX_SEED}, got {MAX_SEED + 1}"),
+    Case("sweep-experiment-empty", ["sweep", "--models", "tinynet", *QUICK[2:], "--experiment", ""], 2,
+         "--experiment is empty"),
+    Case("report-no-such-experiment", ["report", "--experiment", "nothing-here"], 2, "no experiment 'nothing-here'"),
+    Case("capacity-tolerance-too-big", ["capacity", *QUICK, "--tolerance", "1.5"], 2, "--tolerance must be in [0, 1)"),
+    Case("resend-no-journal", ["resend", "{d}"], 2, "holds no unsent run"),
+    Case("tracking-server-closed-port", train(), 75, "no MLflow tracking server answers at http://127.0.0.1:",
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_campaign_bad_input(case: Case, workdir: Path, monkeypatch, capsys):
+    store = workdir / "mlflow.db"
+    # By absolute path: within one process MLflow reuses the store it opened for a relative URI.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    port = free_port()  # nothing listens there
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value.format(port=port))
+    # What the CLI's MLFLOW_LOGGING_LEVEL=WARNING does in a fresh process (mlflow is imported here).
+    mlflow_logger = logging.getLogger("mlflow")
+    monkeypatch.setattr(mlflow_logger, "level", logging.WARNING)
+    case.setup(workdir)
+    before = sorted(path.name for path in workdir.iterdir())
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        main([arg.format(d=workdir) for arg in case.args])
+    seconds = time.monotonic() - started
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == case.exit, err
+    assert len(lines) == 1 and lines[0].startswith("joulebench: error: "), err
+    assert case.message in lines[0], lines[0]
+    client = MlflowClient(f"sqlite:///{store}")
+    statuses = sorted(run.info.status for e in client.search_experiments(view_type=3)
+                      for run in client.search_runs([e.experiment_id]))
+    assert statuses == case.statuses
+    if case.exit == 75:
+        assert seconds <= 15, f"{seconds:.1f} s to say the server is not there"
+    if not case.statuses:  # nothing half-written beside the store
+        assert sorted(path.name for path in workdir.iterdir()) == before
