@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from container_support.base_image import PROJECT_ROOT, ensure_base_image, torch_pins
 from container_support.podman import Podman, stop
+from support import MlflowServer, free_port
 
 pytestmark = pytest.mark.container
 needs_podman = pytest.mark.skipif(
@@ -114,40 +112,11 @@ def docker_host(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """An MLflow server on 127.0.0.1 (a free port) that stores runs and proxies artifacts."""
-    directory = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with (directory / "server.log").open("wb") as log:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-             "--artifacts-destination", str(directory / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            # Its background job workers (seven processes) serve no purpose here.
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-    uri = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port())
     try:
-        _wait_until_healthy(uri, server, directory / "server.log")
-        yield uri, directory / "artifacts"
+        yield server.start().uri, server.folder / "artifacts"
     finally:
-        stop(server)
-
-
-def _wait_until_healthy(uri: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited {server.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"mlflow server did not answer {uri}/health within {timeout:.0f} s:\n{log.read_text()}")
+        server.stop()
 
 
 def _assert_recorded_by_joulebench(client: MlflowClient, run_id: str) -> None:

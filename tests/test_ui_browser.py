@@ -8,12 +8,7 @@ and copied to ``tests/artifacts/`` when ``JOULEBENCH_TEST_ARTIFACTS`` is set (CI
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +22,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 
 from conftest import run_cli
+from support import MlflowServer, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -57,46 +53,15 @@ def swept(tmp_path_factory):
     return folder / "mlflow.db", parent
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(swept, tmp_path_factory):
-    """``mlflow server`` on 127.0.0.1 at a free port; stopped with its process group in teardown."""
+    """``mlflow server`` on 127.0.0.1 at a free port over the sweep's store; stopped in teardown."""
     store, _ = swept
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    # No background job workers (seven processes): the UI needs none.
-    environment = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-             f"sqlite:///{store}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=output, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
-        )
+    server = MlflowServer(tmp_path_factory.mktemp("server"), free_port(), store, SERVER_START_SECONDS)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: server.poll() is None and _healthy(url), SERVER_START_SECONDS,
-                 lambda: f"mlflow server did not answer: {log.read_text()[-2000:]}")
-        yield url
+        yield server.start().uri
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server's PID leads the group of its workers
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+        server.stop()
 
 
 @pytest.fixture

@@ -68,10 +68,9 @@ class MlflowServer:
     """``mlflow server`` on 127.0.0.1 at ``port`` over a sqlite store, as a user starts it:
     stopped (its whole process group: uvicorn's workers) and restarted on the same port."""
 
-    START_SECONDS = 120.0
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
+    def __init__(self, folder: Path, port: int, store: Path | None = None, start_seconds: float = 120.0) -> None:
+        self.folder, self.port, self.start_seconds = folder, port, start_seconds
+        self.store = store or folder / "mlflow.db"
         self.uri = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen | None = None
 
@@ -81,13 +80,13 @@ class MlflowServer:
             self.process = subprocess.Popen(
                 [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+                 "--backend-store-uri", f"sqlite:///{self.store}",
                  "--artifacts-destination", str(self.folder / "artifacts")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 # Its background job workers (seven processes) serve no purpose here.
                 env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )
-        deadline = time.monotonic() + self.START_SECONDS
+        deadline = time.monotonic() + self.start_seconds
         while not self.healthy():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mlflow server did not start:\n{self.log()[-3000:]}")

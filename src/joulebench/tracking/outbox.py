@@ -10,6 +10,7 @@ call. What is still unsent when the run ends is sent by ``joulebench resend FOLD
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Callable
@@ -122,6 +123,8 @@ class Outbox:
             self._write()
         if self.folder.exists():
             shutil.rmtree(self.folder)
+            with contextlib.suppress(OSError):  # the root too, unless other runs' calls wait there
+                self.folder.parent.rmdir()
         self.reason = None
 
     def _write(self) -> None:
