@@ -165,8 +165,10 @@ def _grid_hashes(sweep: list[str]) -> list[str]:
     return [c.config_hash for c in grid(["tinynet"], ["baseline", "prune"], 1, None, *sweep[5:])]
 
 
-def _fake_running_run(uri: str, config_hash: str, pid: int) -> str:
-    """A RUNNING cell run as a process ``pid`` of this host leaves it (its tags as train sets them)."""
+def _fake_running_run(uri: str, config_hash: str, pid: int, host: str | None = None,
+                      minutes_ago: float = 0) -> str:
+    """A RUNNING cell run as process ``pid`` of this host (or of ``host``) leaves it, started
+    ``minutes_ago`` and silent since (its tags as train sets them)."""
     from joulebench.tracking.process import process_tags
 
     client = MlflowClient(uri)
@@ -175,18 +177,38 @@ def _fake_running_run(uri: str, config_hash: str, pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat")
     start_time = stat.read_text().rpartition(")")[2].split()[19] if stat.exists() else "1"
     tags = process_tags() | {"process.pid": str(pid), "process.start": start_time, "config_hash": config_hash}
-    return client.create_run(experiment_id, tags=tags).info.run_id
+    if host:
+        tags["process.host"] = host
+    started = int((time.time() - 60 * minutes_ago) * 1000)
+    return client.create_run(experiment_id, start_time=started, tags=tags).info.run_id
 
 
-def test_resumed_sweep_closes_a_run_whose_process_is_gone(workdir):
+def test_resumed_sweep_closes_runs_whose_process_is_gone_here_or_silent_elsewhere(workdir):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     gone = subprocess.Popen(["true"])
     gone.wait()
-    orphan = _fake_running_run(uri, _grid_hashes(SHORT_SWEEP)[0], gone.pid)
+    baseline, prune = _grid_hashes(SHORT_SWEEP)
+    orphan = _fake_running_run(uri, baseline, gone.pid)
+    remote = _fake_running_run(uri, prune, 7, host="node-17", minutes_ago=20)
     result = run_cli(SHORT_SWEEP, cwd=workdir)
     assert result.returncode == 0, result.stderr
-    closed = MlflowClient(uri).get_run(orphan)
+    client = MlflowClient(uri)
+    closed = client.get_run(orphan)
     assert closed.info.status == "KILLED" and closed.data.tags["closed_by"] == "sweep resume: its process was gone"
+    silent = client.get_run(remote)
+    assert silent.info.status == "KILLED"
+    assert silent.data.tags["closed_by"] == "sweep resume: silent for 20 min on another host"
+    finished = Counter(run.data.tags["config_hash"] for run in cells(uri) if run.info.status == "FINISHED")
+    assert finished == {baseline: 1, prune: 1}
+
+
+def test_resumed_sweep_refuses_a_cell_still_heard_from_on_another_host(workdir):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    live = _fake_running_run(uri, _grid_hashes(SHORT_SWEEP)[0], 7, host="node-17", minutes_ago=2)
+    result = run_cli(SHORT_SWEEP, cwd=workdir, timeout=120)
+    assert result.returncode == 75
+    assert f"tinynet-baseline-r0 is still running (run {live}, pid 7 on node-17)" in one_error_line(result.stderr)
+    assert [run.info.run_id for run in runs(uri)] == [live]
 
 
 def test_resumed_sweep_refuses_to_start_a_cell_that_still_runs(workdir):

@@ -12,6 +12,7 @@ from typing import Any
 
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.time import get_current_time_millis
 
 from joulebench import names
 from joulebench.tracking.process import HOST_TAG, PID_TAG, process_alive
@@ -21,6 +22,8 @@ RUN_KIND_TAG = "run_kind"
 SWEEP_HASH_TAG = "sweep_hash"
 GRID_ARTIFACT = "sweep/grid.json"
 CLOSED_BY_TAG = "closed_by"  # who closed a run its own process could not close, and why
+HEARTBEAT_METRIC = "system/cpu_utilization_percentage"  # MLflow logs it every 10 s of an open run
+SILENT_MINUTES = 15.0
 
 
 @dataclass
@@ -103,7 +106,12 @@ class LiveRun:
 
 def reclaim_running(experiment_id: str, config_hashes: set[str]) -> list[LiveRun]:
     """Close as KILLED the RUNNING runs of these combinations whose process is gone (killed
-    before it could close them); return those whose process still runs, or may."""
+    before it could close them); return those whose process still runs, or may.
+
+    A process on this host is looked up; one on another host (a pod, a node) counts as gone
+    when its run has been silent for SILENT_MINUTES: MLflow's system metrics, sampled every
+    10 s while a run is open, are its heartbeat.
+    """
     store = client()
     live = []
     for run in all_runs(store, experiment_id, "attributes.status = 'RUNNING'"):
@@ -111,13 +119,21 @@ def reclaim_running(experiment_id: str, config_hashes: set[str]) -> list[LiveRun
         if tags.get(names.CONFIG_HASH) not in config_hashes:
             continue
         alive = process_alive(tags)
-        if alive is False:
-            store.set_tag(run.info.run_id, CLOSED_BY_TAG, "sweep resume: its process was gone")
+        silent = (get_current_time_millis() - _last_heard(store, run)) / 60_000
+        if alive is False or (alive is None and silent > SILENT_MINUTES):
+            why = "its process was gone" if alive is False else f"silent for {silent:.0f} min on another host"
+            store.set_tag(run.info.run_id, CLOSED_BY_TAG, f"sweep resume: {why}")
             store.set_terminated(run.info.run_id, "KILLED")
         else:
             where = f"pid {tags.get(PID_TAG, '?')} on {tags.get(HOST_TAG, 'an unknown host')}"
             live.append(LiveRun(run.info.run_id, tags[names.CONFIG_HASH], where))
     return live
+
+
+def _last_heard(store: Any, run: Any) -> int:
+    """When a run last logged its heartbeat (or started), in epoch milliseconds."""
+    beats = store.get_metric_history(run.info.run_id, HEARTBEAT_METRIC)
+    return max([run.info.start_time or 0, *(beat.timestamp for beat in beats)])
 
 
 def end_sweep_run(run_id: str, status: str, log_dir: Path) -> None:
