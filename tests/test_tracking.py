@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from joulebench.errors import EXIT_ENVIRONMENT, ConfigError, EnvironmentFault
 from joulebench.tracking import Recorder, environment_tags, use_store
+from joulebench.tracking.runs import PACKAGE_DIR
 
 
 def test_epoch_table_keeps_columns_only_later_rows_have(tmp_path, monkeypatch):
@@ -29,14 +30,21 @@ def test_store_in_missing_directory_refused(tmp_path, monkeypatch):
         use_store("x")
 
 
-def test_git_commit_is_head_in_a_checkout_and_the_build_arg_outside_one(tmp_path, monkeypatch):
+def test_git_commit_is_the_kits_own_head_from_any_directory_and_the_build_arg_outside_a_checkout(
+        tmp_path, monkeypatch):
     monkeypatch.setenv("JOULEBENCH_GIT_COMMIT", "0123abc")
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).parent, check=True).stdout.strip()
-    monkeypatch.chdir(Path(__file__).parent)
-    assert environment_tags("v1")["git_commit"].removesuffix("-dirty") == head
-    monkeypatch.chdir(tmp_path)  # no repository here, as in the image
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    other = tmp_path / "other-repository"  # the user's own project, with a commit of its own
+    other.mkdir()
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    subprocess.run(["git", "-C", str(other), "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q",
+                    "--allow-empty", "-m", "theirs"], check=True)
+    for directory in (Path(__file__).parent, tmp_path, other):
+        monkeypatch.chdir(directory)
+        assert environment_tags("v1")["git_commit"].removesuffix("-dirty") == head, directory
+    # The package outside any checkout, as in the image: git finds no repository above src/.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(PACKAGE_DIR.parent))
     assert environment_tags("v1")["git_commit"] == "0123abc"
     monkeypatch.delenv("JOULEBENCH_GIT_COMMIT")
     assert environment_tags("v1")["git_commit"] == "unknown"

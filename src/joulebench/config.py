@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from joulebench import names
-from joulebench.errors import ConfigError
+from joulebench.errors import ConfigError, why_unwritable
 from joulebench.method_params import parse_method_params
 
 # The schema is imported by every command, `--help` included: it stays free of torch. The
@@ -206,10 +205,9 @@ def _output_file(flag: str, value: Any, resolved: Resolved) -> Path | None:
     if not folder.is_dir():
         raise ConfigError(f"{flag} {path} cannot be written: {folder} is a file, not a directory; "
                           "pass a path under a directory")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"{flag} {path} cannot be written: {folder} is read-only; pass a writable path")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ConfigError(f"{flag} {path} is read-only; pass a writable path")
+    reason = why_unwritable(path if path.exists() else folder)
+    if reason:
+        raise ConfigError(f"{flag} {path} cannot be written: {reason}; pass a path this user may write")
     return path
 
 

@@ -9,6 +9,7 @@ and goes on; rerunning it later may succeed. Anything else is a bug and keeps it
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 EXIT_BAD_INPUT = 2
@@ -38,3 +39,20 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of an error's message (its type's name when it has none), for one-line messages."""
     text = str(error).strip()
     return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
+def why_unwritable(path: Path) -> str | None:
+    """Why this process cannot write into ``path`` (an existing file or directory), or None.
+
+    Names the real cause, for the message's fix: a read-only filesystem, or an owner and mode
+    that shut this process's UID out (the usual case of a container running as another user).
+    """
+    import os
+
+    if os.access(path, os.W_OK):
+        return None
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return f"{path} is on a read-only filesystem"
+    owner = path.stat()
+    return (f"{path} belongs to UID {owner.st_uid}:{owner.st_gid} (mode {owner.st_mode & 0o777:o}) and this "
+            f"process runs as UID {os.getuid()}:{os.getgid()}")

@@ -60,20 +60,27 @@ def environment_tags(data_version: str) -> dict[str, str]:
     return tags
 
 
+# The installed package's own folder (src/joulebench in a checkout).
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
 def _git_commit() -> str:
-    """HEAD (``-dirty`` with uncommitted changes); in an image, which has no .git, the commit
-    it was built from (``--build-arg GIT_COMMIT=...`` → ``JOULEBENCH_GIT_COMMIT``)."""
+    """The kit's own commit, whatever the current directory: HEAD (``-dirty`` with uncommitted
+    changes) of the checkout this package runs from. Outside a checkout (an image has no .git,
+    a wheel sits in site-packages), the commit it was built from (``--build-arg GIT_COMMIT=...``
+    → ``JOULEBENCH_GIT_COMMIT``)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+        # A package installed into a virtualenv inside some other repository is not that repository's.
+        if (Path(git("rev-parse", "--show-toplevel")) / "src" / "joulebench").resolve() == PACKAGE_DIR:
+            return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("JOULEBENCH_GIT_COMMIT") or "unknown"
+        pass
+    return os.environ.get("JOULEBENCH_GIT_COMMIT") or "unknown"
 
 
 def config_params(config: RunConfig, weights_source: str) -> dict[str, Any]:

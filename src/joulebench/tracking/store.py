@@ -17,7 +17,7 @@ import mlflow
 import requests
 from mlflow.tracking import MlflowClient
 
-from joulebench.errors import ConfigError, EnvironmentFault, first_line
+from joulebench.errors import ConfigError, EnvironmentFault, first_line, why_unwritable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 HEALTH_ATTEMPTS = 3  # a server is given 3 × 3 s + 2 × 2 s = 13 s to answer
@@ -134,11 +134,11 @@ def _check_local_path_writable(uri: str) -> None:
     else:
         return
     target = path if path.exists() else path.parent
-    if not target.exists() or not os.access(target, os.W_OK):
+    reason = why_unwritable(target) if target.exists() else f"{target} does not exist"
+    if reason:
         raise ConfigError(
-            f"the MLflow store {uri} is not writable ({target} "
-            f"{'is read-only' if target.exists() else 'does not exist'}); run from a writable "
-            "directory or set MLFLOW_TRACKING_URI=sqlite:///WRITABLE/mlflow.db"
+            f"the MLflow store {uri} is not writable: {reason}; run as a user who may write it "
+            "(its owner), or set MLFLOW_TRACKING_URI=sqlite:///WRITABLE/mlflow.db"
         )
 
 
