@@ -182,3 +182,33 @@ def test_readme_main_job_resnet18_reaches_080(workdir):
     assert result.returncode == 0, result.stderr
     _, run = only_run(workdir / "mlflow.db")
     assert run.data.metrics["accuracy"] >= 0.8
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--model", "no_such_net"], "no_such_net"),  # refused before any run opens
+    (["--model", "tinynet", "--batch-size", "1e23"], "--batch-size"),
+])
+def test_a_refused_command_under_mlflow_run_ends_its_run_failed_whatever_the_engine_reports(
+        workdir, args, said):
+    """`mlflow run` makes the run and hands its id over (MLFLOW_RUN_ID); a container engine may
+    answer the failed container with exit 0 (podman < 4.6), and MLflow then closes a still-open run
+    FINISHED. joulebench closes it FAILED itself, with the reason, so the record is true either way."""
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")  # MLflow caches a store per URI
+    launched = client.create_run(client.create_experiment("launched")).info.run_id
+    result = run_cli(["train", "--weights", "none", "--quiet", *args], cwd=workdir,
+                     env={"MLFLOW_RUN_ID": launched, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"})
+    assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr
+    run = client.get_run(launched)
+    assert run.info.status == "FAILED"
+    assert said in run.data.tags["joulebench.error"]
+    assert run.data.metrics == {}
+
+
+def test_a_run_mlflow_run_already_ended_is_left_as_it_ended(workdir):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")  # MLflow caches a store per URI
+    launched = client.create_run(client.create_experiment("launched")).info.run_id
+    client.set_terminated(launched, "KILLED")
+    result = run_cli(["train", "--model", "no_such_net", "--quiet"], cwd=workdir,
+                     env={"MLFLOW_RUN_ID": launched, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"})
+    assert result.returncode == 2
+    assert client.get_run(launched).info.status == "KILLED"

@@ -258,12 +258,29 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="joulebench", standalone_mode=False)
     except JoulebenchError as error:
-        click.echo(f"joulebench: error: {error}", err=True)
-        sys.exit(error.exit_code)
+        _fail(str(error), error.exit_code)
     except click.UsageError as error:
         hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
-        click.echo(f"joulebench: error: {error.format_message()}{hint}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        _fail(f"{error.format_message()}{hint}", EXIT_BAD_INPUT)
     except (KeyboardInterrupt, click.Abort):
         click.echo("joulebench: interrupted; the MLflow run (if one started) is marked KILLED", err=True)
+        _close_launched_run("KILLED", "interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:  # a bug: its traceback follows, and `mlflow run`'s run is not left open
+        _close_launched_run("FAILED", f"{type(error).__name__}: {error}")
+        raise
+
+
+def _fail(message: str, exit_code: int) -> None:
+    click.echo(f"joulebench: error: {message}", err=True)
+    _close_launched_run("FAILED", message)
+    sys.exit(exit_code)
+
+
+def _close_launched_run(status: str, reason: str) -> None:
+    """Under `mlflow run` (MLFLOW_RUN_ID set), end its run as the command ended: the container's
+    exit status may not reach MLflow, the run's record always does."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from joulebench.tracking import close_launched_run
+
+        close_launched_run(status, reason)

@@ -13,7 +13,9 @@ from joulebench.tracking.kubernetes import KubernetesProjectRun, check_cluster_r
 from joulebench.tracking.read import (
     RunRecord, finished_measured_runs, log_report_run, metric_history, sweep_grid_hashes,
 )
-from joulebench.tracking.runs import Recorder, config_params, environment_tags, recorded_run, resend
+from joulebench.tracking.runs import (
+    Recorder, close_launched_run, config_params, environment_tags, recorded_run, resend,
+)
 from joulebench.tracking.store import DEFAULT_TRACKING_URI, tracking_uri, ui_command, use_store
 from joulebench.tracking.sweeps import (
     LiveRun, SweepRun, adopt_child, child_epochs_done, close_child_run, close_if_open, end_sweep_run,
@@ -23,6 +25,7 @@ from joulebench.tracking.sweeps import (
 __all__ = [
     "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "LiveRun", "Recorder", "RunRecord", "SweepRun",
     "adopt_child", "check_cluster_reachable_store", "child_epochs_done", "close_child_run", "close_if_open",
+    "close_launched_run",
     "config_params", "end_sweep_run", "environment_tags", "finished_config_hashes", "finished_measured_runs",
     "log_report_run", "metric_history", "open_sweep_run", "recorded_run", "reclaim_running", "resend",
     "submit_kubernetes_run", "sweep_grid_hashes", "tracking_uri", "ui_command", "use_store",

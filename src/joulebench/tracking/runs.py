@@ -37,6 +37,9 @@ from joulebench.tracking.outbox import STORE_FAILURES, Call, Outbox, load, send
 from joulebench.tracking.process import process_tags
 from joulebench.tracking.store import answers, client, tracking_uri, use_store
 
+# Why a command ended its `mlflow run` run FAILED (its one-line error).
+FAILURE_TAG = "joulebench.error"
+
 if TYPE_CHECKING:  # torch is imported where it is used: `report` reads runs without it
     import torch
 
@@ -272,6 +275,28 @@ def _open_run(store: MlflowClient, experiment_id: str, config: RunConfig, tags: 
         tags = tags | {MLFLOW_PARENT_RUN_ID: config.parent_run_id}
     # resolve_tags adds what mlflow.start_run would: user, source name and type, git commit.
     return store.create_run(experiment_id, tags=resolve_tags(tags), run_name=config.run_name).info.run_id
+
+
+def close_launched_run(status: str, reason: str) -> None:
+    """End the run ``mlflow run`` made for this process (``MLFLOW_RUN_ID``) when the command fails.
+
+    ``mlflow run`` marks its run by the container's exit status alone, and some engines lose that
+    status (podman before 4.6 answers ``docker run --rm`` with 0 through its Docker API): a run that
+    joulebench has already ended FAILED is left as it is, so the record tells the truth whatever the
+    engine says. Input refused before the run opened ends it too. Best effort: the store may be
+    what failed, and the command's own error is the one to report.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id or not answers(tracking_uri()):
+        return
+    try:
+        store = client()
+        if RunStatus.is_terminated(RunStatus.from_string(store.get_run(run_id).info.status)):
+            return
+        store.set_tag(run_id, FAILURE_TAG, reason[:5000])
+        store.set_terminated(run_id, status)
+    except Exception:  # noqa: BLE001 - the command's own failure is reported, not this one
+        pass
 
 
 @contextmanager
