@@ -1,12 +1,12 @@
 # joulebench in a CUDA container: `docker run --gpus all IMAGE train --model vgg16 --method stego`,
 # or `mlflow run .` (MLproject's docker_env). docs/containers.md tells where data and the MLflow
-# store live and who may write them.
+# store live and whose files the run writes.
 #
 # BASE_IMAGE must hold Python >= 3.11 with torch and torchvision at the versions pyproject.toml
 # pins (pip then leaves them alone); the default is the official PyTorch CUDA runtime image of
-# that torch build. Where no registry is reachable, any local image with the same contents works
-# (the container test builds one with debootstrap: tests/container_support/).
-ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+# that torch build. Where no registry is reachable, deploy/podman/base_image.py builds a local
+# image with the same contents (localhost/joulebench-base:torch-2.14.1).
+ARG BASE_IMAGE=docker.io/pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 
 # The dependency list alone, read from pyproject.toml: the large layer that installs it is then
 # rebuilt when the list changes, not on every other edit of pyproject.toml or of the code.
@@ -16,8 +16,6 @@ RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject
         > /tmp/requirements.txt
 
 FROM ${BASE_IMAGE}
-
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # NVML (the GPU energy counter) needs the `utility` capability as well as `compute`.
 # The image has no git: MLflow's GitPython would warn about that at every run.
@@ -33,24 +31,24 @@ COPY --from=requirements /tmp/requirements.txt /tmp/
 RUN pip install --no-cache-dir --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# A fixed UID, so that ownership of mounted data and MLflow stores can be planned on the host.
-# 1000 is the first user on most Linux hosts; an image user already holding it (ubuntu on
-# Ubuntu 24.04 bases) is removed first.
-ARG APP_UID=1000
 COPY . .
 # Editable install: the code that runs is the code in /app/src.
-# /mlflow/tmp: `mlflow run` mounts a host sqlite store at /mlflow/tmp/mlruns, and SQLite writes
-# its journal beside it, so the directory must belong to the user.
+# /app/data is where `./data` is mounted. /mlflow/tmp: `mlflow run` mounts a host sqlite store at
+# /mlflow/tmp/mlruns and SQLite writes its journal beside it, as whichever user owns that store
+# (the entrypoint steps down to it): writable by all, like /tmp.
 RUN pip install --no-cache-dir --no-deps --editable . \
-    && if getent passwd "${APP_UID}" > /dev/null; then userdel --remove "$(id --name --user "${APP_UID}")"; fi \
-    && useradd --create-home --no-log-init --uid "${APP_UID}" --user-group joulebench \
-    && install --directory --owner=joulebench --group=joulebench /app/data /mlflow/tmp
+    && install -m 0755 deploy/container/entrypoint.sh /usr/local/bin/joulebench-entrypoint \
+    && install --directory /app/data \
+    && install --directory --mode=1777 /mlflow/tmp
 
 # The image has no .git: the commit it was built from, for the runs' git_commit tag
-# (docker build --build-arg GIT_COMMIT="$(git rev-parse HEAD)" ...).
+# (docker build --build-arg GIT_COMMIT="$(git rev-parse HEAD)" ...). Written by a RUN, whose cache
+# key holds the argument's value: podman 4.3 reuses a cached ENV layer built from another value.
 ARG GIT_COMMIT=unknown
+RUN printf '%s\n' "${GIT_COMMIT}" > /app/GIT_COMMIT
 ENV JOULEBENCH_GIT_COMMIT=${GIT_COMMIT}
 
-USER ${APP_UID}
-ENTRYPOINT ["joulebench"]
+# Starts as root and runs joulebench as the owner of the store or working directory
+# (deploy/container/entrypoint.sh): any user's files stay theirs, without `--user`.
+ENTRYPOINT ["joulebench-entrypoint"]
 CMD ["--help"]

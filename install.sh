@@ -2,14 +2,17 @@
 # Installs everything joulebench and its test suite need on a fresh Debian/Ubuntu machine:
 # a Python 3.11 virtualenv in .venv with the kit (torch==2.14.1, torchvision==0.29.1 pinned)
 # and, when run as root with apt-get, the system packages some tests drive (Chromium for the
-# MLflow UI test, podman + debootstrap for the container test).
+# MLflow UI test; the container engine and debootstrap for the container proof).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON="${PYTHON:-python3.11}"
-SYSTEM_PACKAGES=(git chromium chromium-driver podman runc debootstrap uidmap slirp4netns fuse-overlayfs)
-# `mlflow run` with docker_env calls the docker CLI; podman-docker provides one where none is.
-command -v docker >/dev/null || SYSTEM_PACKAGES+=(podman-docker)
+SYSTEM_PACKAGES=(git chromium chromium-driver debootstrap)
+# The container engine: Docker where its engine (dockerd) is installed; elsewhere podman, with
+# `docker` as podman itself (deploy/podman/docker) for `mlflow run` and the docs, set
+# up by deploy/podman/setup.sh below.
+PODMAN_PACKAGES=(podman runc uidmap slirp4netns fuse-overlayfs)
+command -v dockerd >/dev/null || SYSTEM_PACKAGES+=("${PODMAN_PACKAGES[@]}")
 
 if [[ "${JOULEBENCH_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
     missing=()
@@ -20,6 +23,7 @@ if [[ "${JOULEBENCH_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null && [[
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
+    command -v dockerd >/dev/null || deploy/podman/setup.sh
 else
     echo "install.sh: not installing system packages (${SYSTEM_PACKAGES[*]}); the tests needing them skip with a reason" >&2
 fi

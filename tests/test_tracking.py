@@ -85,3 +85,23 @@ def test_a_deleted_experiment_is_input_to_change_not_a_store_fault(tmp_path, mon
     client.delete_experiment(client.create_experiment("gone"))
     with pytest.raises(ConfigError, match="experiment 'gone' is deleted .*mlflow experiments restore"):
         use_store("gone")
+
+
+def test_under_mlflow_run_in_a_container_the_open_line_names_the_hosts_store_not_the_mount(tmp_path, monkeypatch):
+    """`mlflow run` mounts the host's sqlite file at /mlflow/tmp/mlruns and the run's artifact
+    directory at its host path: the line names the host's store, and the user's own URI first."""
+    from joulebench.tracking import ui_command
+
+    mount = tmp_path / "mlflow" / "tmp" / "mlruns"  # the container's view of the store
+    mount.parent.mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{mount}")
+    project = tmp_path / "home" / "me" / "project"  # where `mlflow run` ran, on the host
+    experiment = client.create_experiment("Default-ish", artifact_location=str(project / "mlruns" / "0"))
+    run_id = client.create_run(experiment).info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mount}")
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    line = ui_command(run_id, experiment)
+    assert line.startswith(f'mlflow ui --backend-store-uri "${{MLFLOW_TRACKING_URI:-sqlite:///{project}/mlflow.db}}"')
+    assert "/mlflow/tmp" not in line.replace(str(tmp_path), "")
+    monkeypatch.delenv("MLFLOW_RUN_ID")  # a run of its own in such a store: named as it is
+    assert line != ui_command(run_id, experiment) and str(mount) in ui_command(run_id, experiment)

@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from joulebench.errors import ConfigError, EnvironmentFault, first_line, why_unwritable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Where `mlflow run` mounts a local store in its container (mlflow.projects.docker): no path on the host.
+MLFLOW_RUN_CONTAINER_STORE = "/mlflow/tmp/mlruns"
 HEALTH_ATTEMPTS = 3  # a server is given 3 × 3 s + 2 × 2 s = 13 s to answer
 HEALTH_TIMEOUT_SECONDS = 3.0
 HEALTH_PAUSE_SECONDS = 2.0
@@ -168,11 +170,24 @@ def all_runs(store: MlflowClient, experiment: str, filter_string: str) -> Iterat
 
 
 def ui_command(run_id: str, experiment: str) -> str:
-    """How to open run ``run_id`` of experiment id ``experiment`` in the MLflow UI."""
+    """How to open run ``run_id`` of experiment id ``experiment`` in the MLflow UI (the README's port)."""
     uri = tracking_uri()
     if is_server(uri):
         return f"open {uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-    return (
-        f"mlflow ui --backend-store-uri {uri}  # then open "
-        f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}"
-    )
+    if uri.endswith(MLFLOW_RUN_CONTAINER_STORE) and os.environ.get("MLFLOW_RUN_ID") == run_id:
+        uri = _host_store(run_id)
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}  # then open {page}"
+
+
+def _host_store(run_id: str) -> str:
+    """The store, as the host names it, of a run that `mlflow run` made and mounted in this container.
+
+    MLflow mounts the run's artifact directory at its host path; with MLflow's defaults the store
+    is ``mlflow.db`` beside the ``mlruns/`` holding it. Written as a shell expression, so that the
+    line is right too where the user's MLFLOW_TRACKING_URI named another store.
+    """
+    artifacts = Path(client().get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    project = artifacts.parents[3]
+    default = f"sqlite:///{project / 'mlflow.db'}" if artifacts.parents[2].name == "mlruns" else DEFAULT_TRACKING_URI
+    return f'"${{MLFLOW_TRACKING_URI:-{default}}}"'
