@@ -253,8 +253,10 @@ def test_report_run_holds_the_files_and_is_not_data(store, workdir, capsys):
     main(["report", "--out", "again"])
     first, second = (path.read_text() for path in (workdir / "out" / "summary.csv", workdir / "again" / "summary.csv"))
     assert first == second  # the first report run did not become a row of the second
-    reports = client.search_runs([experiment_id], "tags.run_kind = 'report'")
-    assert len(reports) == 2
+    # Filed apart: the training runs' experiment holds training runs only.
+    assert client.search_runs([experiment_id], "tags.run_kind = 'report'") == []
+    reports = client.search_runs([client.get_experiment_by_name("joulebench-reports").experiment_id])
+    assert len(reports) == 2 and {run.data.tags["run_kind"] for run in reports} == {"report"}
     logged = {a.path for a in client.list_artifacts(reports[0].info.run_id, "report")}
     assert {"report/summary.csv", "report/summary.md", "report/report.html",
             "report/energy_by_model_3.png"} <= logged and len(logged) == 12
@@ -299,7 +301,9 @@ def test_runs_from_with_a_damaged_record_is_one_line(store, workdir, capsys):
 @pytest.mark.parametrize(("args", "message"), [
     (["--experiment", "nope"], "no experiment 'nope' in the MLflow store"),
     (["--runs-from", "nowhere"], "--runs-from nowhere: no run.json there"),
-    (["--parent", "0123456789abcdef0123456789abcdef"], "is not a run of experiment 'joulebench'"),
+    (["--parent", "0123456789abcdef0123456789abcdef"], "is not a run in the store"),
+    (["--experiment", "joulebench", "--parent", "0123456789abcdef0123456789abcdef"],
+     "is not a run of experiment 'joulebench'"),
     (["--target-fraction", "1.5"], "--target-fraction must be a number in (0, 1]"),
 ])
 def test_bad_input_one_line_exit_2(store, capsys, args, message):
@@ -314,7 +318,37 @@ def test_no_finished_runs_is_one_line(store_uri, capsys):
     MlflowClient(store_uri).create_experiment("joulebench")
     with pytest.raises(SystemExit):
         main(["report"])
+    assert "no FINISHED joulebench runs in any experiment of the store" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "--experiment", "joulebench"])
     assert "no FINISHED joulebench runs in experiment 'joulebench'" in capsys.readouterr().err
+
+
+def test_runs_in_every_experiment_are_reported_and_unfinished_ones_counted(store, workdir, capsys):
+    """`mlflow run` files its runs under Default: they are joulebench's too. A run that did not
+    finish is left out, and the report says how many, by status."""
+    client, experiment_id, _ = store
+    main(["report", "--out", "before"])
+    (template,) = client.search_runs([experiment_id], "params.model = 'vgg16' and params.method = 'stego'",
+                                     max_results=1)
+    tags = dict(template.data.tags) | {"config_hash": "made-by-mlflow-run", "repeat": "7"}
+    launched = client.create_run("0", tags=tags).info.run_id  # a further repeat, as `mlflow run` files it
+    params = dict(template.data.params) | {"repeat": "7", "seed": "7"}
+    client.log_batch(launched, params=[Param(k, v) for k, v in params.items()],
+                     metrics=[Metric(k, v, 0, 0) for k, v in template.data.metrics.items()])
+    client.set_terminated(launched, "FINISHED")
+    client.set_terminated(client.create_run("0", tags={"config_hash": "x"}).info.run_id, "FAILED")
+    client.create_run(client.create_experiment("other"), tags={"config_hash": "y"})  # RUNNING
+    client.create_run("0")  # not joulebench's: no config_hash
+    capsys.readouterr()
+    main(["report", "--out", "after"])
+    out = capsys.readouterr().out
+    assert "read      FINISHED runs from Default (1), joulebench (14)" in out
+    assert "left out  2 FAILED, 1 RUNNING (not FINISHED: no complete measurement)" in out  # one FAILED in the store
+    assert "report    14 runs" in out  # 13 before, and Default's
+    before, after = (read_summary(workdir / folder / "summary.csv") for folder in ("before", "after"))
+    vgg16_stego = [key for key in after if key[2:4] == ("vgg16", "stego")]
+    assert [int(after[key]["n"]) - int(before[key]["n"]) for key in vgg16_stego] == [1]
 
 
 def test_pareto_front_keeps_points_nothing_beats():

@@ -180,7 +180,9 @@ def sweep(quiet: bool, **options: Any) -> None:
 
 
 @cli.command()
-@click.option("--experiment", default="joulebench", show_default=True, help="MLflow experiment to read.")
+@click.option("--experiment", default=None, metavar="NAME",
+              help="Only this MLflow experiment's runs [default: every experiment's joulebench runs, "
+                   "`mlflow run`'s in Default included].")
 @click.option("--parent", default=None, metavar="RUN_ID", help="Only this sweep's combinations (its parent run id).")
 @click.option("--runs-from", default=None, type=click.Path(path_type=Path), metavar="DIR",
               help="Only the configurations of the run.json files under DIR (`train --run-json`; "
@@ -189,11 +191,17 @@ def sweep(quiet: bool, **options: Any) -> None:
               help="Folder for summary.csv, summary.md, the PNG plots and report.html.")
 @click.option("--target-fraction", default="0.99", show_default=True,
               help="Energy-to-accuracy target as a fraction of the same model's baseline accuracy.")
-def report(experiment: str, parent: str | None, runs_from: Path | None, out: Path, target_fraction: str) -> None:
-    """Side-by-side table of finished runs: mean ± 95 % CI, ratios to baseline, plots."""
+def report(experiment: str | None, parent: str | None, runs_from: Path | None, out: Path,
+           target_fraction: str) -> None:
+    """Side-by-side table of finished runs: ratios to baseline with 95 % CIs, detail, plots."""
     from joulebench.report import run_report
 
     result = run_report(experiment, parent, out, target_fraction, runs_from)
+    sources = ", ".join(f"{name} ({count})" for name, count in sorted(result.by_experiment.items()))
+    click.echo(f"read      FINISHED runs from {sources}")
+    if result.left_out:
+        statuses = ", ".join(f"{count} {status}" for status, count in sorted(result.left_out.items()))
+        click.echo(f"left out  {statuses} (not FINISHED: no complete measurement)")
     click.echo(f"report    {result.run_count} runs in {len(result.groups)} group(s) (dataset · device · settings)")
     click.echo(f"files     {', '.join(str(path) for path in result.files)}")
     click.echo(f"run id    {result.report_run_id} (the same files, under report/)")

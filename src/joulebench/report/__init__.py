@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from joulebench import names, tracking
@@ -41,12 +41,14 @@ __all__ = [
 
 @dataclass
 class Report:
-    """The summarised groups and the files written for them."""
+    """The summarised groups, the files written for them, and where the runs came from."""
 
     groups: list[tuple[GroupKey, list[Row]]]
     files: list[Path]
     run_count: int
     report_run_id: str | None = None
+    by_experiment: dict[str, int] = field(default_factory=dict)  # experiment → runs read from it
+    left_out: dict[str, int] = field(default_factory=dict)  # status → measured runs not FINISHED
 
 
 def parse_target_fraction(text: str) -> float:
@@ -79,19 +81,21 @@ def recorded_config_hashes(directory: Path) -> set[str]:
 
 
 def run_report(
-    experiment: str, parent: str | None, out: Path, target_fraction: str, runs_from: Path | None = None
+    experiment: str | None, parent: str | None, out: Path, target_fraction: str, runs_from: Path | None = None
 ) -> Report:
-    """Read the runs, summarise, write the files and log them on a ``report`` run."""
+    """Read the runs (of ``experiment``, or of every experiment: None), summarise, write the
+    files and log them on a ``report`` run."""
     fraction = parse_target_fraction(target_fraction)
     wanted = recorded_config_hashes(runs_from) if runs_from is not None else None
-    runs = tracking.finished_measured_runs(experiment)
+    measured = tracking.finished_measured_runs(experiment)
+    runs = measured.records
     if parent is not None:
         grid = tracking.sweep_grid_hashes(experiment, parent)
         runs = [run for run in runs if run.parent_run_id == parent or run.tags[names.CONFIG_HASH] in grid]
     if wanted is not None:
         runs = [run for run in runs if run.tags[names.CONFIG_HASH] in wanted]
     if not runs:
-        scope = f"experiment {experiment!r}"
+        scope = f"experiment {experiment!r}" if experiment is not None else "any experiment of the store"
         if parent is not None:
             scope += f", sweep {parent}"
         if runs_from is not None:
@@ -101,6 +105,7 @@ def run_report(
     files = write_report(groups, out)
     counted = sum(len(row.runs) for _, rows in groups for row in rows)
     run_id = tracking.log_report_run(
-        experiment, files, {"parent": parent or "all", "runs": counted, "target_fraction": fraction}
+        files, {"experiment": experiment or "all", "parent": parent or "all", "runs": counted,
+                "target_fraction": fraction}
     )
-    return Report(groups, files, counted, run_id)
+    return Report(groups, files, counted, run_id, measured.by_experiment, measured.left_out)

@@ -156,6 +156,17 @@ def experiment_id(store: MlflowClient, experiment: str) -> str:
     return found.experiment_id
 
 
+def all_experiments(store: MlflowClient) -> Iterator[Any]:
+    """Every active experiment of the store, across result pages."""
+    token = None
+    while True:
+        page = store.search_experiments(page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def all_runs(store: MlflowClient, experiment: str, filter_string: str) -> Iterator[Any]:
     """Every matching run of experiment id ``experiment``, oldest first, across result pages."""
     token = None
