@@ -1,6 +1,7 @@
 """End to end: ``joulebench train`` on digits, read back from the MLflow store it wrote."""
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -172,16 +173,30 @@ def _wait_for_first_epoch(store: Path, process: subprocess.Popen, timeout: float
     raise AssertionError("no epoch was logged in time")
 
 
+def readme_main_job() -> list[list[str]]:
+    """The `joulebench train` commands of README's main job block, as arguments."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("The main job, on the embedded default")[1].split("```bash\n")[1].split("```")[0]
+    return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("joulebench train")]
+
+
 @pytest.mark.slow
-def test_readme_main_job_resnet18_reaches_080(workdir):
-    """The README's main job, exactly: resnet18 from scratch on digits, 3 epochs."""
-    result = run_cli(
-        ["train", "--model", "resnet18", "--method", "baseline", "--weights", "none", "--epochs", "3"],
-        cwd=workdir,
-    )
-    assert result.returncode == 0, result.stderr
-    _, run = only_run(workdir / "mlflow.db")
-    assert run.data.metrics["accuracy"] >= 0.8
+def test_readme_main_job_verbatim_reaches_080_and_prints_the_comparison_url(workdir):
+    """The README's main job, exactly: resnet18 from scratch on digits, 3 epochs, baseline then stego."""
+    commands = readme_main_job()
+    assert [command[command.index("--method") + 1] for command in commands] == ["baseline", "stego"]
+    for command in commands:
+        result = run_cli(command, cwd=workdir)
+        assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("joulebench").experiment_id
+    runs = {run.info.run_name: run for run in client.search_runs([experiment])}
+    assert set(runs) == {"resnet18-baseline", "resnet18-stego"}
+    assert all(run.data.metrics["accuracy"] >= 0.8 for run in runs.values())
+    assert "Against its baseline (run " in runs["resnet18-stego"].data.tags["mlflow.note.content"]
+    last = result.stdout.rstrip().splitlines()[-1]
+    assert last == (f"open      mlflow ui --backend-store-uri sqlite:///mlflow.db  # then open http://127.0.0.1:5000"
+                    f"/#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey=joulebench-comparison")
 
 
 @pytest.mark.parametrize("args, said", [
@@ -212,3 +227,35 @@ def test_a_run_mlflow_run_already_ended_is_left_as_it_ended(workdir):
                      env={"MLFLOW_RUN_ID": launched, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"})
     assert result.returncode == 2
     assert client.get_run(launched).info.status == "KILLED"
+
+
+def test_runs_are_named_described_against_their_baseline_and_shown_in_the_comparison_view(workdir):
+    """What the UI shows without a click: runs named `model-method`, a description that states the
+    result against the baseline of the same settings, and the experiment's comparison view."""
+    common = ["train", "--model", "tinynet", "--weights", "none", "--epochs", "1", "--limit-train-batches", "3",
+              "--idle-seconds", "0", "--inference-batches", "1", "--quiet"]
+    for method in ("baseline", "stego"):
+        result = run_cli([*common, "--method", method], cwd=workdir)
+        assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("joulebench")
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"tinynet-baseline", "tinynet-stego"}
+    baseline, stego = runs["tinynet-baseline"], runs["tinynet-stego"]
+    note = stego.data.tags["mlflow.note.content"]
+    assert note.startswith("**tinynet · stego**: training ")
+    assert f"Against its baseline (run {baseline.info.run_id}): " in note
+    seconds = stego.data.metrics["train_seconds"] / baseline.data.metrics["train_seconds"]
+    assert f"{seconds:.2f}× the training time" in note
+    accuracy = stego.data.metrics["accuracy"] - baseline.data.metrics["accuracy"]
+    assert f"accuracy {accuracy:+.3f}." in note
+    assert "compare against this one" in baseline.data.tags["mlflow.note.content"]
+
+    view = json.loads(experiment.tags["mlflow.sharedViewState.joulebench-comparison"])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert columns[:2] == ["params.`model`", "params.`method`"]
+    assert {"metrics.`energy_train_j`", "tags.`energy_source`", "metrics.`train_seconds`",
+            "metrics.`accuracy`", "attributes.`Description`"} <= set(columns)
+    url = (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+           "?workflowType=machine_learning&viewStateShareKey=joulebench-comparison")
+    assert result.stdout.rstrip().endswith(f"# then open {url}")

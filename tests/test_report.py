@@ -6,6 +6,7 @@ import html
 import math
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -223,7 +224,19 @@ def test_markdown_html_and_plots(report_out):
     out = report_out
     markdown = (out / "summary.md").read_text()
     assert "## digits · cpu@h1 · weights=imagenet, epochs=3, batch_size=64, lr=0.001, optimizer=adam" in markdown
-    stego_line = next(line for line in markdown.splitlines() if line.startswith("| resnet18 | 32 | stego |"))
+    lead, stego_line = [line for line in markdown.splitlines() if line.startswith("| resnet18 | 32 | stego |")]
+    # The comparison leads: train energy, train time, accuracy over the baseline's, with the 95 %
+    # interval of the ratio (delta method on its log, Welch–Satterthwaite df) and Welch's mark.
+    stego, baseline = (600.0, 650.0, 620.0), (1000.0, 1100.0, 1050.0)  # GROUP_A's training joules
+    parts = [statistics.variance(v) / (len(v) * statistics.mean(v) ** 2) for v in (stego, baseline)]
+    freedom = sum(parts) ** 2 / sum(part**2 / 2 for part in parts)
+    half = stats.t.ppf(0.975, freedom) * math.sqrt(sum(parts))
+    ratio = statistics.mean(stego) / statistics.mean(baseline)
+    low, high = ratio * math.exp(-half), ratio * math.exp(half)
+    assert lead.startswith(f"| resnet18 | 32 | stego | 3 | 0.594× ({low:.3f}–{high:.3f}) ** | not measured | ")
+    assert lead.endswith(" ns | rapl |")
+    assert lead_before(markdown, stego_line)
+    assert "| resnet18 | 32 | baseline | 3 | = 1.05 ± 0.124 | " in markdown  # its lead row: the divisor, kJ
     assert "| 0.623 ± 0.0625 |" in stego_line  # kJ: 623.3 ± 4.303 × 25.17 / √3 J
     assert "| rapl | 0.594× ** (p=0.001) | not measured | 1.011× ns (p=0.59) | 1.000× n/a (no variance) |" in stego_line
     assert "| 0.594× ** (p=0.001) |" in stego_line
@@ -422,8 +435,16 @@ def caveat_rows(out, deterministic="True"):
 
 
 def table_line(markdown, model, method):
-    (line,) = [line for line in markdown.splitlines() if line.startswith(f"| {model} | 32 | {method} |")]
+    """The row's line in the detail table (the comparison table's comes first)."""
+    _, line = [line for line in markdown.splitlines() if line.startswith(f"| {model} | 32 | {method} |")]
     return line
+
+
+def lead_before(markdown, detail_line):
+    """Each group's comparison table comes before its detail table."""
+    lines = markdown.splitlines()
+    lead_header = next(i for i, line in enumerate(lines) if line.startswith("| model | px | method | n | train kJ ÷"))
+    return lead_header < lines.index(detail_line)
 
 
 def test_short_run_row_is_marked_and_draws_no_significance(caveat_report):

@@ -18,7 +18,6 @@ from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 
 from conftest import run_cli
@@ -51,17 +50,6 @@ def swept(tmp_path_factory):
     assert result.returncode == 0, result.stderr
     parent = re.search(r"^parent    (\w+)", result.stdout, re.MULTILINE).group(1)
     return folder / "mlflow.db", parent
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(swept, tmp_path_factory):
-    """``mlflow server`` on 127.0.0.1 at a free port over the sweep's store; stopped in teardown."""
-    store, _ = swept
-    server = MlflowServer(tmp_path_factory.mktemp("server"), free_port(), store, SERVER_START_SECONDS)
-    try:
-        yield server.start().uri
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -98,79 +86,106 @@ def wait_for(condition: Callable[[], object], seconds: float, explain: Callable[
     pytest.fail(explain())
 
 
-def show_columns(driver, picks: list[tuple[str, str]]) -> None:
-    """Toggle columns in the runs table's Columns menu, as a user would: (group, name) each."""
-    columns_button = 'button[data-component-id*="experimentviewrunscolumnselector"]'
-    driver.find_element(By.CSS_SELECTOR, columns_button).click()
-    menu = wait_for(lambda: driver.find_element(
-        By.CSS_SELECTOR, '[data-component-id="mlflow.experiment_page.runs_table.column_selector"]'),
-        UI_TIMEOUT_SECONDS, lambda: "the Columns menu did not open")
-    search = menu.find_element(By.CSS_SELECTOR, 'input[placeholder="Search columns"]')
-    for group, name in picks:
-        search.send_keys(Keys.CONTROL, "a", Keys.BACKSPACE, name)
-        wait_for(lambda: _menu_entry(menu, group, name), UI_TIMEOUT_SECONDS,
-                 lambda: f"no {group} column {name!r} in the menu: {menu.text}").click()
-    search.send_keys(Keys.ESCAPE)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """README's main job, small: a baseline and a stego run in a fresh folder; the URL `train`
+    printed last (the summary's `open` line) and the folder."""
+    folder = tmp_path_factory.mktemp("trained")
+    for method in ("baseline", "stego"):
+        result = run_cli(["train", "--model", "tinynet", "--method", method, "--weights", "none", "--epochs", "2",
+                          "--idle-seconds", "1", "--inference-batches", "1", "--quiet"], cwd=folder)
+        assert result.returncode == 0, result.stderr
+    url = re.search(r"^open .*# then open (\S+)$", result.stdout, re.MULTILINE).group(1)
+    return folder, url
 
 
-def _menu_entry(menu: WebElement, group: str, name: str) -> WebElement | None:
-    """The checkbox of ``name`` under the ``group`` heading (Params and Tags may both hold it)."""
-    current = None
-    for node in menu.find_elements(By.CSS_SELECTOR, ".du-bois-light-tree-treenode"):
-        text = node.text.strip()
-        heading = re.match(r"(Attributes|Metrics|Parameters|Tags)\b", text)
-        if heading:
-            current = heading.group(1)
-        elif current == group and text == name:
-            return node.find_element(By.CSS_SELECTOR, ".du-bois-light-tree-checkbox")
-    return None
+@pytest.fixture(scope="module")
+def trained_server(trained, tmp_path_factory):
+    """`mlflow ui`'s server over that folder's store, on a free port rather than README's 5000."""
+    folder, _ = trained
+    server = MlflowServer(tmp_path_factory.mktemp("ui"), free_port(), folder / "mlflow.db", SERVER_START_SECONDS)
+    try:
+        yield server.start().uri
+    finally:
+        server.stop()
 
 
-def row_cells(driver, run_id: str) -> dict[str, str]:
-    """The visible cells of a run's row, by column id (the run name sits in the pinned part)."""
-    cells = driver.find_elements(By.CSS_SELECTOR, f'[role="row"][row-id="{run_id}"] [role="gridcell"]')
-    return {cell.get_attribute("col-id"): cell.text.strip() for cell in cells if cell.is_displayed()}
-
-
-def test_sweep_runs_method_and_energy_are_visible_in_the_mlflow_ui(swept, mlflow_server, browser, tmp_path):
-    store, parent_id = swept
-    client = MlflowClient(f"sqlite:///{store}")
-    parent = client.get_run(parent_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    assert sorted(run.info.run_name for run in children) == ["tinynet-baseline-r0", "tinynet-prune-r0"]
-
-    browser.get(f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/runs")
-
-    def page_text() -> str:
-        return browser.find_element(By.TAG_NAME, "body").text
-
-    wait_for(lambda: browser.find_elements(By.LINK_TEXT, parent.info.run_name), UI_TIMEOUT_SECONDS,
-             lambda: f"the runs table never showed {parent.info.run_name}: {page_text()}")
-    assistant_close = '[data-component-id="mlflow.assistant.chat_panel.close"]'
-    for close in browser.find_elements(By.CSS_SELECTOR, assistant_close):
-        close.click()  # the assistant side panel would hide the table's right half
-    browser.find_element(
-        By.CSS_SELECTOR, f'[row-id="{parent_id}"] button[data-component-id*="runnamecellrenderer"]').click()
-    # Add the method tag and an energy metric; untick three default columns so all fit the window.
-    show_columns(browser, [("Tags", "method"), ("Metrics", "energy_total_j"),
-                           ("Attributes", "Dataset"), ("Attributes", "Source"), ("Attributes", "Models")])
-
-    # The whole run's energy: a 2-batch epoch can be shorter than CodeCarbon's update period,
-    # and its training energy then (rightly) absent; the total window spans the idle seconds.
-    method_column, energy_column = "tags.`method`", "metrics.`energy_total_j`"
-    for run in children:
+def test_the_printed_url_opens_on_model_method_energy_time_and_accuracy_without_a_click(
+        trained, trained_server, browser, tmp_path):
+    """A first-time user (a fresh browser profile) opens the URL `train` printed, as README says:
+    the runs table of MLflow's model-training pages, with every figure of the comparison in the
+    first screen (1600 × 1000), nothing added by hand."""
+    folder, url = trained
+    assert url.startswith("http://127.0.0.1:5000/#/experiments/")  # README's `mlflow ui` port
+    browser.set_window_size(1600, 1000)
+    browser.get(url.replace("http://127.0.0.1:5000", trained_server))
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("joulebench").experiment_id])
+    columns = {"params.`model`": lambda run: run.data.params["model"],
+               "params.`method`": lambda run: run.data.params["method"],
+               "tags.`energy_source`": lambda run: run.data.tags["energy_source"],
+               "metrics.`energy_train_j`": lambda run: run.data.metrics.get("energy_train_j"),
+               "metrics.`train_seconds`": lambda run: run.data.metrics["train_seconds"],
+               "metrics.`accuracy`": lambda run: run.data.metrics["accuracy"]}
+    for run in runs:
         run_id = run.info.run_id
-        cells = wait_for(lambda: (c := row_cells(browser, run_id)).get(energy_column) and c, UI_TIMEOUT_SECONDS,
-                         lambda: f"no energy cell for {run.info.run_name}: {row_cells(browser, run_id)}")
+        cells = wait_for(lambda: (c := visible_cells(browser, run_id)).keys() >= columns.keys() and c,
+                         UI_TIMEOUT_SECONDS, lambda: f"{run.info.run_name}: {visible_cells(browser, run_id)}; "
+                         f"page: {browser.find_element(By.TAG_NAME, 'body').text[:2000]}")
         link = browser.find_element(By.CSS_SELECTOR, f'[row-id="{run_id}"] a[href$="/runs/{run_id}"]')
-        assert link.is_displayed() and link.text == run.info.run_name
-        assert "energy_total_j" in run.data.metrics, run.data.tags.get("energy_flags")
-        assert cells[method_column] == run.data.tags["method"]
-        assert float(cells[energy_column]) == pytest.approx(run.data.metrics["energy_total_j"], rel=1e-9)
-    assert row_cells(browser, parent_id)[method_column] == "-"  # the parent measures nothing
-
-    screenshot = tmp_path / "mlflow-ui-sweep-runs.png"
+        assert link.text == f"tinynet-{run.data.params['method']}" and in_first_screen(link)
+        for column, value in columns.items():
+            text, shown = cells[column]
+            assert shown, f"{column} of {run.info.run_name} is outside the first screen"
+            expected = value(run)
+            if isinstance(expected, float):
+                assert float(text) == pytest.approx(expected, rel=1e-6), column
+            else:
+                assert text == ("-" if expected is None else expected), column
+    screenshot = tmp_path / "mlflow-ui-comparison.png"
     assert browser.save_screenshot(str(screenshot))
     if os.environ.get("JOULEBENCH_TEST_ARTIFACTS"):
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(screenshot, ARTIFACTS / screenshot.name)
+
+
+def in_first_screen(element: WebElement) -> bool:
+    """Seen without scrolling: the element is what the browser shows at its centre (not under a
+    panel, nor scrolled out of its table), and that centre lies in the window."""
+    return bool(element.parent.execute_script(
+        "const e = arguments[0], r = e.getBoundingClientRect(), x = r.left + r.width / 2, y = r.top + r.height / 2;"
+        "if (x < 0 || y < 0 || x > window.innerWidth || y > window.innerHeight) return false;"
+        "const seen = document.elementFromPoint(x, y); return seen !== null && (e === seen || e.contains(seen));",
+        element))
+
+
+def visible_cells(driver, run_id: str) -> dict[str, tuple[str, bool]]:
+    """A run's row's cells by column id: the text and whether it lies in the first screen."""
+    cells = driver.find_elements(By.CSS_SELECTOR, f'[role="row"][row-id="{run_id}"] [role="gridcell"]')
+    return {cell.get_attribute("col-id"): (cell.text.strip(), in_first_screen(cell)) for cell in cells}
+
+
+def test_report_html_leads_with_the_ratios_to_baseline_and_fits_1600_px(swept, browser, tmp_path):
+    """report.html as a user opens it, 1600 px wide: the first table is the comparison (each
+    method over its baseline: energy, time, accuracy and the energy source), fully in view, and
+    nothing on the page needs horizontal scrolling."""
+    store, _ = swept
+    result = run_cli(["report", "--out", str(tmp_path / "report")], cwd=store.parent)
+    assert result.returncode == 0, result.stderr
+    browser.set_window_size(1600, 1000)
+    browser.get((tmp_path / "report" / "report.html").as_uri())
+    first_table = browser.find_element(By.CSS_SELECTOR, "table")
+    header = [cell.text for cell in first_table.find_elements(By.CSS_SELECTOR, "th")]
+    assert header == ["model", "px", "method", "n", "train kJ ÷ baseline", "train s ÷ baseline",
+                      "accuracy ÷ baseline", "energy source"]
+    rows = {cells[2].text.split()[0]: [cell.text for cell in cells] for cells in  # "prune †": marked
+            (row.find_elements(By.CSS_SELECTOR, "td") for row in first_table.find_elements(By.CSS_SELECTOR, "tr"))
+            if cells}
+    # One short repeat each: a ratio, and why no significance is drawn.
+    assert re.fullmatch(r"\d+\.\d{3}× n/a \((short run|1 repeat)\)", rows["prune"][6]), rows["prune"]
+    assert rows["baseline"][6].startswith("= ")  # the divisor's own value
+    assert rows["prune"][7] == "codecarbon_estimate"
+    viewport = browser.execute_script("return document.documentElement.clientWidth")
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= viewport
+    assert first_table.rect["x"] + first_table.rect["width"] <= viewport
+    assert first_table.rect["y"] + first_table.rect["height"] <= 1000  # in the first screen

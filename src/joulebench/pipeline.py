@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -18,7 +18,9 @@ from joulebench.compress import build_method
 from joulebench.config import RunConfig
 from joulebench.data import DataSplits, load_dataset
 from joulebench.models import build_model, default_weights_path
-from joulebench.tracking import Recorder, config_params, environment_tags, recorded_run, ui_command
+from joulebench.tracking import (
+    Recorder, config_params, environment_tags, finished_run_metrics, recorded_run, ui_command,
+)
 from joulebench.capacity import capacity_curve, largest_safe_bits, plot_capacity
 from joulebench.train import (
     ComputeSettings, EpochResult, RunResult, accuracy_evaluator, compute_settings, fine_tune, run,
@@ -99,6 +101,9 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
             _log_result(recorder, result, monitor, sources)
             flags = run_flags(result, settings, data)
             recorder.set_tags(flags)
+            recorder.describe(result_note(config, result.metrics(), sources[names.ENERGY_SOURCE],
+                                          finished_run_metrics(recorder.experiment_id, baseline_of(config)),
+                                          flags))
             if data.skipped:
                 recorder.log_text(SKIPPED_LIST, "\n".join(data.skipped) + "\n")
             if config.save_model:
@@ -107,6 +112,39 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
         recorder.run_id, recorder.experiment_id, result, sources[names.ENERGY_SOURCE],
         ui_command(recorder.run_id, recorder.experiment_id), flags,
     )
+
+
+def baseline_of(config: RunConfig) -> str:
+    """The config hash of this run's baseline: the same settings, seed and repeat, uncompressed."""
+    return replace(config, method="baseline", method_params={}).config_hash()
+
+
+def result_note(config: RunConfig, metrics: dict[str, float], source: str,
+                baseline: tuple[str, dict[str, float]] | None, flags: dict[str, str]) -> str:
+    """The run's description: what it measured, against its baseline's run where one exists, and
+    the flags that make it a demonstration rather than a measurement to compare."""
+    return _measured_note(config, metrics, source, baseline) + (
+        f" Flagged {', '.join(sorted(flags))}: see the tags before comparing." if flags else "")
+
+
+def _measured_note(config: RunConfig, metrics: dict[str, float], source: str,
+                   baseline: tuple[str, dict[str, float]] | None) -> str:
+    energy_j, seconds, accuracy = (metrics.get(key) for key in
+                                   (names.ENERGY_TRAIN_J, names.TRAIN_SECONDS, names.ACCURACY))
+    energy_text = f"{energy_j / 1e3:.3g} kJ ({source})" if energy_j is not None else "energy not measured"
+    note = (f"**{config.model} · {config.method}**: training {energy_text}, {seconds:.3g} s, "
+            f"accuracy {accuracy:.3f}.")
+    if config.method == "baseline":
+        return note + " The compressed runs of the same settings compare against this one."
+    if baseline is None:
+        return note + " No FINISHED baseline run of the same settings in this experiment yet."
+    run_id, base = baseline
+    ratios = [f"{value / base[key]:.2f}× the {what}" for key, value, what in (
+        (names.ENERGY_TRAIN_J, energy_j, "training energy"), (names.TRAIN_SECONDS, seconds, "training time"))
+        if value is not None and base.get(key)]
+    if names.ACCURACY in base:
+        ratios.append(f"accuracy {accuracy - base[names.ACCURACY]:+.3f}")
+    return note + f" Against its baseline (run {run_id}): {', '.join(ratios)}."
 
 
 def emulation_tags(settings: ComputeSettings) -> dict[str, str]:

@@ -97,21 +97,38 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
     plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(7, 5))
-    markers = dict(zip(dict.fromkeys(row.key.method for row in measured), "os^Dv<>pPX*h"))
+    draw_accuracy_vs_energy(axes, measured)
+    _save(figure, path)
+    return True
+
+
+def draw_accuracy_vs_energy(axes: Any, measured: list[Row]) -> None:
+    """A method is one colour and one marker, on every model, drawn in the legend exactly as on
+    the plot (hollow where all its rows are marked); each model's front is a grey step line named
+    at its end."""
+    methods = list(dict.fromkeys(row.key.method for row in measured))
+    colors = {method: f"C{index % 10}" for index, method in enumerate(methods)}
+    markers = dict(zip(methods, "os^Dv<>pPX*h"))
+
+    def point(row: Row) -> tuple[float, float]:
+        return row.estimates[names.ENERGY_TRAIN_J].mean / 1e3, row.estimates[names.ACCURACY].mean
+
+    for row in measured:
+        _scatter(axes, point(row), colors[row.key.method], markers[row.key.method], hollow=bool(row.marks))
+        if row.marks:
+            _annotate_marks(axes, row, point(row))
     for model in dict.fromkeys(row.key.model for row in measured):
-        points = [(row, (row.estimates[names.ENERGY_TRAIN_J].mean / 1e3, row.estimates[names.ACCURACY].mean))
-                  for row in measured if row.key.model == model]
-        color = axes.plot([], [])[0].get_color()  # the next colour of the cycle, one per model
-        for row, point in points:
-            _scatter(axes, point, color, markers[row.key.method], hollow=bool(row.marks))
-            if row.marks:
-                _annotate_marks(axes, row, point)
         # A marked row's energy says nothing about its method: it may not set the front.
-        front = pareto_front([point for row, point in points if not row.marks])
+        front = pareto_front([point(row) for row in measured if row.key.model == model and not row.marks])
         if front:
-            axes.step(*zip(*front), where="post", color=color, alpha=0.6, label=f"{model} (Pareto front)")
-    for method, marker in markers.items():
-        axes.scatter([], [], color="grey", marker=marker, label=method)
+            axes.step(*zip(*front), where="post", color="grey", alpha=0.6, zorder=1)
+            axes.annotate(model, front[-1], xytext=(4, -10), textcoords="offset points", fontsize="small",
+                          color="dimgrey")
+    for method in methods:
+        all_marked = all(row.marks for row in measured if row.key.method == method)
+        axes.scatter([], [], facecolors="none" if all_marked else colors[method], edgecolors=colors[method],
+                     marker=markers[method], label=method)
+    axes.plot([], [], color="grey", alpha=0.6, label="Pareto front of a model (named at its end)")
     caveats = _present([row.marks for row in measured])
     if caveats:
         axes.scatter([], [], facecolors="none", edgecolors="grey", label=_marked_label("hollow", caveats))
@@ -119,8 +136,6 @@ def plot_accuracy_vs_energy(rows: list[Row], path: Path) -> bool:
     axes.set_ylabel("validation accuracy")
     axes.set_title(f"Accuracy vs training energy\n{_energy_sources(measured)}")
     axes.legend(fontsize="small")
-    _save(figure, path)
-    return True
 
 
 def plot_energy_vs_flops(rows: list[Row], path: Path) -> bool:

@@ -25,6 +25,8 @@ from joulebench.report.stats import Estimate, Ratio
 
 # The ratios summary.md shows beside the values (summary.csv has every ratio).
 TABLE_RATIOS = (names.ENERGY_TRAIN_J, names.TRAIN_SECONDS, names.ACCURACY, names.FLOPS_PER_SAMPLE)
+# The paper's question, answered first: training energy, time and accuracy over the baseline's.
+LEAD_RATIOS = (names.ENERGY_TRAIN_J, names.TRAIN_SECONDS, names.ACCURACY)
 
 
 def format_number(value: float) -> str:
@@ -49,6 +51,31 @@ def format_ratio(ratio: Ratio) -> str:
     if ratio.p_value is None:
         return f"{text} {ratio.note}"
     return f"{text} {ratio.note} (p={ratio.p_value:.2g})"
+
+
+def format_lead_ratio(ratio: Ratio) -> str:
+    """"0.594× (0.51–0.68) **": the ratio, its 95 % interval and Welch's mark, or why there is none."""
+    if ratio.value is None:
+        return ratio.note
+    interval = f" ({format_number(ratio.ci95[0])}–{format_number(ratio.ci95[1])})" if ratio.ci95 else ""
+    return f"{ratio.value:.3f}×{interval} {ratio.note}"
+
+
+def lead_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """The comparison table: each method over its model's baseline; the baseline row holds the
+    values the ratios divide by."""
+    header = ["model", "px", "method", "n"] + [f"{_metric(key).label} ÷ baseline" for key in LEAD_RATIOS]
+    cells = []
+    for row in rows:
+        line = [row.key.model, row.key.image_size, row.label, str(len(row.runs))]
+        for key in LEAD_RATIOS:
+            if row.is_baseline:
+                estimate = row.estimates.get(key)
+                line.append(f"= {format_estimate(estimate, _metric(key).scale)}" if estimate else "not measured")
+            else:
+                line.append(format_lead_ratio(row.ratios[key]))
+        cells.append(line + [row.energy_source])
+    return header + ["energy source"], cells
 
 
 def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
@@ -135,39 +162,54 @@ def write_report(groups: list[tuple[GroupKey, list[Row]]], out: Path) -> list[Pa
             else:  # the file still exists, so pipelines that declare it (dvc.yaml) always find it
                 nothing_to_plot(path, name)
             plots.append(path)
-        sections.append((group, table_rows(rows), footnotes(rows), images))
+        sections.append((group, lead_rows(rows), table_rows(rows), footnotes(rows), images))
     md_path.write_text(_markdown(sections))
     html_path.write_text(_html(sections))
     return [csv_path, md_path, html_path, *plots]
 
 
-# A group's title, table (header, cells), footnotes and plots, as summary.md and report.html show them.
-Section = tuple[GroupKey, tuple[list[str], list[list[str]]], list[str], list[Path]]
+# A group's title, comparison table and detail table (header, cells), footnotes and plots, as
+# summary.md and report.html show them.
+Table = tuple[list[str], list[list[str]]]
+Section = tuple[GroupKey, Table, Table, list[str], list[Path]]
+LEAD_CAPTION = ("Each method against its model's baseline: ratio (95 % confidence interval) and "
+                "Welch's mark; the baseline row holds its own values (mean ± 95 % CI).")
+DETAIL_CAPTION = "Every figure, mean ± 95 % CI over repeats:"
 
 
 def _markdown(sections: list[Section]) -> str:
-    parts = ["# joulebench report", "", _LEGEND, ""]
-    for group, (header, cells), notes, images in sections:
-        parts += [f"## {group.title}", "", markdown_table(header, cells), ""]
+    parts = ["# joulebench report", ""]
+    for group, lead, detail, notes, images in sections:
+        parts += [f"## {group.title}", "", LEAD_CAPTION, "", markdown_table(*lead), ""]
+        parts += [DETAIL_CAPTION, "", markdown_table(*detail), ""]
         parts += [f"- {note}" for note in notes] + ([""] if notes else [])
         parts += [f"![{image.stem}]({image.name})" for image in images] + [""]
-    return "\n".join(parts)
+    return "\n".join([*parts, _LEGEND, ""])
+
+
+def _html_table(table: Table, css_class: str) -> str:
+    header, cells = table
+    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    rows += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells]
+    return f'<table class="{css_class}">{"".join(rows)}</table>'
 
 
 def _html(sections: list[Section]) -> str:
-    """One file, images inlined as data URIs: it opens offline, mailed or archived alone."""
-    body = [f"<h1>joulebench report</h1><p>{html.escape(_LEGEND)}</p>"]
-    for group, (header, cells), notes, images in sections:
-        body.append(f"<h2>{html.escape(group.title)}</h2><table><tr>"
-                    + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells]
-        body.append("</table>")
+    """One file, images inlined as data URIs: it opens offline, mailed or archived alone. The
+    comparison leads each group; the detail table wraps its cells, so the page fits 1600 px."""
+    body = ["<h1>joulebench report</h1>"]
+    for group, lead, detail, notes, images in sections:
+        body.append(f"<h2>{html.escape(group.title)}</h2><p>{html.escape(LEAD_CAPTION)}</p>")
+        body.append(_html_table(lead, "lead"))
+        body.append(f"<p>{html.escape(DETAIL_CAPTION)}</p>{_html_table(detail, 'detail')}")
         body += [f"<p>{html.escape(note)}</p>" for note in notes]
         for image in images:
             data = base64.b64encode(image.read_bytes()).decode()
             body.append(f'<figure><img alt="{image.stem}" src="data:image/png;base64,{data}"></figure>')
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;white-space:nowrap}img{max-width:100%}")
+    body.append(f"<p>{html.escape(_LEGEND)}</p>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1500px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 6px}table.lead{font-size:14px}"
+             "table.lead td{white-space:nowrap}table.detail{font-size:11px;width:100%}img{max-width:100%}")
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>joulebench report</title>'
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 

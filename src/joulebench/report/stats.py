@@ -42,6 +42,7 @@ class Ratio:
     value: float | None
     p_value: float | None
     note: str  # the significance mark, or why there is no ratio or no test
+    ci95: tuple[float, float] | None = None  # where the test is drawn and both means are positive
 
     @classmethod
     def against(cls, method: Estimate | None, baseline: Estimate | None) -> Ratio:
@@ -53,7 +54,23 @@ class Ratio:
         if np.ptp(method.values) == 0 and np.ptp(baseline.values) == 0:  # e.g. FLOPs: t is undefined
             return cls(value, None, "n/a (no variance)")
         p_value = float(stats.ttest_ind(method.values, baseline.values, equal_var=False).pvalue)
-        return cls(value, p_value, significance_mark(p_value))
+        return cls(value, p_value, significance_mark(p_value), ratio_interval(method, baseline))
+
+
+def ratio_interval(method: Estimate, baseline: Estimate) -> tuple[float, float] | None:
+    """95 % confidence interval of the ratio of two means: the delta method on its logarithm
+    (so the interval stays positive and symmetric in ratio terms), with Welch–Satterthwaite's
+    degrees of freedom. None where a mean is not positive (a log ratio is undefined)."""
+    if method.mean <= 0 or baseline.mean <= 0:
+        return None
+    parts = [float(np.var(e.values, ddof=1)) / (e.n * e.mean**2) for e in (method, baseline)]
+    variance = sum(parts)
+    if variance == 0:
+        return None
+    freedom = variance**2 / sum(part**2 / (e.n - 1) for part, e in zip(parts, (method, baseline)))
+    half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, freedom)) * math.sqrt(variance)
+    value = method.mean / baseline.mean
+    return value * math.exp(-half_width), value * math.exp(half_width)
 
 
 def significance_mark(p_value: float) -> str:

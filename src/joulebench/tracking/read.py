@@ -90,6 +90,15 @@ def sweep_grid_hashes(experiment: str | None, parent_run_id: str) -> set[str]:
     return {row[names.CONFIG_HASH] for row in grid}
 
 
+def finished_run_metrics(experiment_id: str, config_hash: str) -> tuple[str, dict[str, float]] | None:
+    """The latest FINISHED run of the experiment with this ``config_hash``: its id and metrics."""
+    found = client().search_runs(
+        [experiment_id], f"tags.{names.CONFIG_HASH} = '{config_hash}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return (found[0].info.run_id, dict(found[0].data.metrics)) if found else None
+
+
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     """A metric's (step, value) pairs, in step order."""
     return sorted((m.step, m.value) for m in client().get_metric_history(run_id, key))

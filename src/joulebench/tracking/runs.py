@@ -27,7 +27,7 @@ from mlflow.entities import RunStatus, RunTag
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from mlflow.utils.time import get_current_time_millis
 
 from joulebench import names
@@ -130,6 +130,10 @@ class Recorder:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._send(Call("log_batch", {"tags": [[k, str(v)] for k, v in tags.items()]}, []))
+
+    def describe(self, text: str) -> None:
+        """The run's description (markdown), which the UI shows on the run's page and as a column."""
+        self.set_tags({MLFLOW_RUN_NOTE: text})
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params the run does not have yet.
@@ -264,17 +268,20 @@ def resend(folder: Path) -> tuple[str, int]:
     return outbox.run["run_id"], count
 
 
-def _open_run(store: MlflowClient, experiment_id: str, config: RunConfig, tags: dict[str, str]) -> str:
-    """A new run, or the one ``mlflow run`` made for this process (``MLFLOW_RUN_ID``)."""
+def _open_run(store: MlflowClient, experiment_id: str, config: RunConfig, tags: dict[str, str],
+              command: str) -> str:
+    """A new run, or the one ``mlflow run`` made for this process (``MLFLOW_RUN_ID``), named by
+    ``--run-name`` or by what it is (``resnet18-stego``, ``resnet18-capacity``), not at random."""
+    name = config.run_name or f"{config.model}-{config.method if command == 'train' else command}"
     launched = os.environ.get("MLFLOW_RUN_ID")
     if launched:
-        store.update_run(launched, status=RunStatus.to_string(RunStatus.RUNNING), name=config.run_name)
+        store.update_run(launched, status=RunStatus.to_string(RunStatus.RUNNING), name=name)
         store.log_batch(launched, tags=[RunTag(k, v) for k, v in tags.items()])
         return launched
     if config.parent_run_id:
         tags = tags | {MLFLOW_PARENT_RUN_ID: config.parent_run_id}
     # resolve_tags adds what mlflow.start_run would: user, source name and type, git commit.
-    return store.create_run(experiment_id, tags=resolve_tags(tags), run_name=config.run_name).info.run_id
+    return store.create_run(experiment_id, tags=resolve_tags(tags), run_name=name).info.run_id
 
 
 def close_launched_run(status: str, reason: str) -> None:
@@ -315,7 +322,7 @@ def recorded_run(
     for name, value in RUN_HTTP_SETTINGS.items():
         os.environ.setdefault(name, value)
     store = client()
-    run_id = _open_run(store, experiment_id, config, tags | process_tags())
+    run_id = _open_run(store, experiment_id, config, tags | process_tags(), command)
     launched = os.environ.get("MLFLOW_RUN_ID") == run_id
     recorder = Recorder(run_id, experiment_id, store,
                         set(store.get_run(run_id).data.params) if launched else set())

@@ -7,6 +7,7 @@ points elsewhere (a server, another file).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import mlflow
 import requests
 from mlflow.tracking import MlflowClient
 
+from joulebench import names
 from joulebench.errors import ConfigError, EnvironmentFault, first_line, why_unwritable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -109,10 +111,12 @@ def use_store(experiment: str) -> str:
     try:
         store = client()
         if launched_run:  # started by `mlflow run`, which made the run and chose its experiment
-            return store.get_run(launched_run).info.experiment_id
+            return show_comparison(store, store.get_run(launched_run).info.experiment_id)
         found = store.get_experiment_by_name(experiment)
         if found is None:
-            return store.create_experiment(experiment)
+            return show_comparison(store, store.create_experiment(experiment))
+        if found.lifecycle_stage != "deleted":
+            show_comparison(store, found.experiment_id)
     except Exception as error:  # any failure here means the store is unusable
         raise EnvironmentFault(
             f"cannot use the MLflow store {uri} ({first_line(error, 200)}); set MLFLOW_TRACKING_URI to a "
@@ -180,15 +184,49 @@ def all_runs(store: MlflowClient, experiment: str, filter_string: str) -> Iterat
             return
 
 
+# The runs table MLflow's UI opens with (a "shared view": an experiment tag the UI reads when the
+# URL names its key): model, method, training energy and its source, time, accuracy, and the
+# run's description (its result against its baseline). MLflow 3.17 opens an experiment on its GenAI
+# pages unless the URL asks for the model-training view (workflowType=machine_learning), and drops
+# the view's key from any URL that also carries a search or a sort.
+COMPARISON_VIEW = "joulebench-comparison"
+# Column id → width in px: narrow enough that all but the description fit beside the run name,
+# its start time and the assistant panel MLflow opens on a local server's first visit (1600 px).
+COMPARISON_COLUMNS = {
+    "params.`model`": 80, "params.`method`": 80, f"metrics.`{names.ENERGY_TRAIN_J}`": 90,
+    f"tags.`{names.ENERGY_SOURCE}`": 125, f"metrics.`{names.TRAIN_SECONDS}`": 75, f"metrics.`{names.ACCURACY}`": 70,
+    "attributes.`Description`": 400,
+}
+UI_ADDRESS = "http://127.0.0.1:5000"  # where README's `mlflow ui` serves
+
+
+def show_comparison(store: MlflowClient, experiment_id: str) -> str:
+    """Tag the experiment with the comparison view (once; it is kept if unchanged); its id back."""
+    columns = list(COMPARISON_COLUMNS)
+    state = json.dumps({"selectedColumns": columns, "columnOrder": columns, "columnWidths": COMPARISON_COLUMNS})
+    tag = f"mlflow.sharedViewState.{COMPARISON_VIEW}"
+    current = store.get_experiment(experiment_id).tags.get(tag)
+    if current is None or json.loads(current).get("state") != state:
+        now = int(time.time() * 1000)
+        view = {"name": "joulebench: energy, time, accuracy", "createdAt": now, "updatedAt": now, "state": state}
+        store.set_experiment_tag(experiment_id, tag, json.dumps(view))
+    return experiment_id
+
+
+def comparison_url(experiment: str, address: str = UI_ADDRESS) -> str:
+    """The experiment's runs table in the comparison view, in MLflow's model-training pages."""
+    return (f"{address.rstrip('/')}/#/experiments/{experiment}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={COMPARISON_VIEW}")
+
+
 def ui_command(run_id: str, experiment: str) -> str:
-    """How to open run ``run_id`` of experiment id ``experiment`` in the MLflow UI (the README's port)."""
+    """How to open the run's experiment in the MLflow UI on the comparison (README's port)."""
     uri = tracking_uri()
     if is_server(uri):
-        return f"open {uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return f"open {comparison_url(experiment, uri)}"
     if uri.endswith(MLFLOW_RUN_CONTAINER_STORE) and os.environ.get("MLFLOW_RUN_ID") == run_id:
         uri = _host_store(run_id)
-    page = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}"
-    return f"mlflow ui --backend-store-uri {uri}  # then open {page}"
+    return f"mlflow ui --backend-store-uri {uri}  # then open {comparison_url(experiment)}"
 
 
 def _host_store(run_id: str) -> str:
