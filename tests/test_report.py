@@ -543,6 +543,19 @@ def test_plots_draw_marked_rows_hatched_or_hollow(monkeypatch, tmp_path):
         points = [c for c in axes.collections if len(c.get_offsets())]
         assert len(points) == count and [c.get_facecolors().size == 0 for c in points].count(True) == 1
     assert "energy source: rapl" in scatter.get_title() and "energy source: rapl" in mechanism.get_title()
+    # Accuracy vs energy: each method's legend entry is drawn as its points are, colour, marker and
+    # fill (stego, all of whose rows are marked, hollow in both).
+    drawn = {c.get_label(): c for c in scatter.collections if not len(c.get_offsets())}
+    for method in ("baseline", "stego", "lowrank"):
+        (point,) = [c for c in scatter.collections if len(c.get_offsets())
+                    and tuple(c.get_offsets()[0]) == next(p for r in rows if r.key.method == method
+                                                          for p in [(r.estimates["energy_train_j"].mean / 1e3,
+                                                                     r.estimates["accuracy"].mean)])]
+        entry = drawn[method]
+        assert entry.get_paths()[0].vertices.tolist() == point.get_paths()[0].vertices.tolist()  # marker
+        assert entry.get_edgecolors().tolist() == point.get_edgecolors().tolist()  # colour
+        assert entry.get_facecolors().tolist() == point.get_facecolors().tolist()  # filled or hollow
+    assert len({tuple(drawn[m].get_edgecolors()[0]) for m in ("baseline", "stego", "lowrank")}) == 3
 
 
 def test_reading_runs_back_imports_neither_torch_nor_torch_pruning():
