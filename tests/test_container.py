@@ -152,6 +152,7 @@ def other(scratch: Path) -> Iterator[User]:
     home = scratch / f"home-{OTHER_UID}"
     home.mkdir()
     name = f"jb{OTHER_UID}"
+    subprocess.run(["userdel", name], capture_output=True, check=False)  # left by a run that was killed
     subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--uid", str(OTHER_UID),
                     "--user-group", "--groups", "docker", name], check=True)
     bin_dir = scratch / f"bin-{OTHER_UID}"

@@ -93,7 +93,7 @@ def option(
 def _positive(name: str, value: Any, kind: type) -> Any:
     noun = "whole number" if kind is int else "number"
     try:
-        number = kind(value)
+        number = kind(_ascii(value))
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a {noun} > 0, got {value!r}") from None
     if kind is int and isinstance(value, float) and not value.is_integer():
@@ -123,7 +123,7 @@ def _model(flag: str, value: Any, resolved: Resolved) -> str:
 def _method_params(flag: str, value: Any, resolved: Resolved) -> dict[str, Any]:
     """``--param`` pairs over the ``--params-file`` ones (resolved just before as params_file)."""
     path = resolved.pop(PARAMS_FILE.key)  # an input of this field, not a field itself
-    from_file = method_params_from_file(Path(path), resolved["method"]) if path else ()
+    from_file = method_params_from_file(checked_path("--params-file", path), resolved["method"]) if path else ()
     # One --param may carry several comma-separated pairs (`mlflow run -P params=a=1,b=2`);
     # an empty one (the MLproject default) carries none.
     pairs = [pair for text in value or () for pair in text.split(",") if pair.strip()]
@@ -188,15 +188,37 @@ def _sample_hz(flag: str, value: Any, resolved: Resolved) -> float:
     return hz
 
 
+def checked_path(flag: str, value: Any) -> Path:
+    """A path as a user may pass it, or one ConfigError line: text this system can name a file
+    by (no NUL or control characters, names and length within the filesystem's limits) and that
+    MLflow can record (UTF-8)."""
+    text = str(value)
+    if any(not c.isprintable() for c in text):
+        raise ConfigError(f"{flag} {text!r} holds control characters; pass a plain path")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{flag} {text!r} is not UTF-8 (MLflow records it as a param); "
+                          "rename it or pass a path in UTF-8") from None
+    longest = max((len(part.encode()) for part in text.split("/")), default=0)
+    if longest > NAME_MAX or len(text.encode()) > PATH_MAX:
+        raise ConfigError(f"{flag} {text!r} is longer than a path may be here (a name ≤ {NAME_MAX} bytes, "
+                          f"a path ≤ {PATH_MAX}); pass a shorter one")
+    return Path(text)
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits, the same on every filesystem it mounts for us
+
+
 def _optional_path(flag: str, value: Any, resolved: Resolved) -> Path | None:
-    return Path(value) if value else None
+    return checked_path(flag, value) if value else None
 
 
 def _output_file(flag: str, value: Any, resolved: Resolved) -> Path | None:
     """A file the run will write at its end, checked now: a finished run must not fail on it."""
     if not value:
         return None
-    path = Path(value)
+    path = checked_path(flag, value)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a directory; pass a file path such as {path / 'metrics.json'}")
     folder = path.parent
@@ -211,20 +233,37 @@ def _output_file(flag: str, value: Any, resolved: Resolved) -> Path | None:
     return path
 
 
+MAX_EXPERIMENT_NAME = 500  # MLflow's limit (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)
+
+
 def _experiment(flag: str, value: Any, resolved: Resolved) -> str:
     name = str(value).strip()
     if not name:
         raise ConfigError(f"{flag} is empty; pass an MLflow experiment name, e.g. {flag} joulebench")
+    if len(name) > MAX_EXPERIMENT_NAME or not name.isprintable():
+        raise ConfigError(f"{flag} {name!r} is not an MLflow experiment name: at most {MAX_EXPERIMENT_NAME} "
+                          "printable characters; pass a shorter one, e.g. joulebench")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{flag} {name!r} is not UTF-8; pass an experiment name in UTF-8") from None
     return name
 
 
 def _path(flag: str, value: Any, resolved: Resolved) -> Path:
-    return Path(value)
+    return checked_path(flag, value)
+
+
+def _ascii(value: Any) -> Any:
+    """Number text as written with 0-9: Python reads "٣" or "１" as 3 and 1, a typo here (ValueError)."""
+    if isinstance(value, str) and not value.isascii():
+        raise ValueError(value)
+    return value
 
 
 def _number(flag: str, value: Any, kind: type) -> Any:
     try:
-        return kind(value)
+        return kind(_ascii(value))
     except (TypeError, ValueError):
         noun = "whole number" if kind is int else "number"
         raise ConfigError(f"{flag} must be a {noun}, got {value!r}") from None
@@ -416,7 +455,7 @@ def method_params_from_file(path: Path, method: str) -> tuple[str, ...]:
 
     try:
         document = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ConfigError(
             f"--params-file {path} cannot be read as YAML ({type(error).__name__}); pass a readable "
             "YAML file such as the project's params.yaml"
@@ -432,6 +471,10 @@ def method_params_from_file(path: Path, method: str) -> tuple[str, ...]:
             f"methods.{method} in {path} must map parameter names to values, e.g. "
             "methods: {stego: {bits: 16}}; `joulebench methods` lists them"
         )
+    for key, value in (values or {}).items():
+        if not isinstance(value, (str, int, float, bool)):  # a list or mapping (or an alias bomb's)
+            raise ConfigError(f"methods.{method}.{key} in {path} must be a single value such as 16 or true, "
+                              f"got a {type(value).__name__}; `joulebench methods` lists the parameters")
     return tuple(f"{key}={_yaml_scalar(value)}" for key, value in (values or {}).items())
 
 

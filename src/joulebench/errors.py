@@ -9,6 +9,7 @@ and goes on; rerunning it later may succeed. Anything else is a bug and keeps it
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,9 +19,30 @@ EXIT_INTERRUPTED = 130
 
 
 class JoulebenchError(Exception):
-    """An expected failure: the message says what happened and how to fix it."""
+    """An expected failure: the message says what happened and how to fix it, on one line.
+
+    The line is made safe here, once for every message: a value quoted in it may hold newlines,
+    control characters, bytes that are not UTF-8 or thousands of characters, and none of them may
+    break the line a user reads (or a terminal, or a log parser).
+    """
 
     exit_code: ClassVar[int]
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+
+# A word longer than this (no path a user types is) is shortened in a one-line message, its length said.
+LONGEST_WORD = 1000
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: control characters escaped, non-UTF-8 bytes (surrogates)
+    shown as \\x escapes, over-long words cut to their ends."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+    return re.sub(rf"\S{{{LONGEST_WORD + 1},}}",
+                  lambda word: f"{word[0][:200]}…{word[0][-40:]} ({len(word[0])} characters)", text)
 
 
 class ConfigError(JoulebenchError):

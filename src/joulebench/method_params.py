@@ -113,7 +113,8 @@ def parse_method_params(method: str, pairs: Iterable[str]) -> dict[str, Any]:
             )
         spec = specs[key]
         try:
-            value = spec.parse(text.strip())
+            # Python reads "٣" or "１" as 3 and 1; a value in other digits than 0-9 is a typo here.
+            value = spec.parse(text.strip()) if text.isascii() else None
         except ValueError:
             value = None
         if value is None or not spec.check(value):

@@ -14,7 +14,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from joulebench import names
 from joulebench.errors import ConfigError
-from joulebench.tracking.store import all_experiments, all_runs, client, experiment_id
+from joulebench.tracking.outbox import STORE_FAILURES
+from joulebench.tracking.store import all_experiments, all_runs, answers, client, experiment_id, tracking_uri
 from joulebench.tracking.sweeps import GRID_ARTIFACT, RUN_KIND_TAG
 
 
@@ -91,11 +92,18 @@ def sweep_grid_hashes(experiment: str | None, parent_run_id: str) -> set[str]:
 
 
 def finished_run_metrics(experiment_id: str, config_hash: str) -> tuple[str, dict[str, float]] | None:
-    """The latest FINISHED run of the experiment with this ``config_hash``: its id and metrics."""
-    found = client().search_runs(
-        [experiment_id], f"tags.{names.CONFIG_HASH} = '{config_hash}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )
+    """The latest FINISHED run of the experiment with this ``config_hash``: its id and metrics.
+    None too where the store does not answer now: a run's outbox keeps its own results, and what
+    is lost is a comparison in its description, not a reason to fail the run."""
+    if not answers(tracking_uri()):
+        return None
+    try:
+        found = client().search_runs(
+            [experiment_id], f"tags.{names.CONFIG_HASH} = '{config_hash}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+    except STORE_FAILURES:
+        return None
     return (found[0].info.run_id, dict(found[0].data.metrics)) if found else None
 
 
