@@ -177,6 +177,7 @@ def built(engine: None, blocks: Blocks, scratch: Path, root: User) -> Path:
         (checkout / decoy).write_text("must not reach the image\n")
     result = root.run(f"{blocks.environment}\n{blocks.build}", cwd=checkout, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    podman("image", "prune", "--force")  # earlier builds of the tag: several GB each
     return checkout
 
 
