@@ -116,6 +116,10 @@ CASES = [
     Case("metrics-json-under-a-file", train("--metrics-json", "{d}/mlflow.db/m.json"), 2,
          "is a file, not a directory"),
     Case("metrics-json-a-directory", train("--metrics-json", "{d}"), 2, "is a directory"),
+    Case("run-json-is-metrics-json", train("--metrics-json", "out.json", "--run-json", "./out.json"), 2,
+         "--run-json out.json is also --metrics-json: each output needs its own file"),
+    Case("parent-run-id-names-no-run", train("--parent-run-id", "0123456789abcdef0123456789abcdef"), 2,
+         "--parent-run-id 0123456789abcdef0123456789abcdef names no run in the MLflow store"),
     Case("run-json-under-a-file", train("--run-json", "{d}/mlflow.db/deeper/r.json"), 2,
          "is a file, not a directory"),
     Case("params-file-a-list", train("--params-file", "p.yaml"), 2, "must be a YAML mapping",
@@ -193,3 +197,16 @@ def test_campaign_bad_input(case: Case, workdir: Path, monkeypatch, capsys):
         assert seconds <= 15, f"{seconds:.1f} s to say the server is not there"
     if not case.statuses:  # nothing half-written beside the store
         assert sorted(path.name for path in workdir.iterdir()) == before
+
+
+def test_a_store_that_is_a_directory_is_refused_at_once(tmp_path):
+    """`mlflow.db` a directory: bad input, said in one line at once (MLflow would retry for a minute)."""
+    from conftest import run_cli
+
+    (tmp_path / "mlflow.db").mkdir()
+    started = time.monotonic()
+    result = run_cli(train(), cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert (result.returncode, len(lines)) == (2, 1), result.stderr[-2000:]
+    assert "the MLflow store sqlite:///mlflow.db names a directory, where a database file belongs" in lines[0]
+    assert time.monotonic() - started < 30

@@ -230,6 +230,12 @@ def _output_file(flag: str, value: Any, resolved: Resolved) -> Path | None:
     reason = why_unwritable(path if path.exists() else folder)
     if reason:
         raise ConfigError(f"{flag} {path} cannot be written: {reason}; pass a path this user may write")
+    for other in option_fields():  # the outputs resolved before this one: one file each
+        taken = resolved.get(other.name)
+        if other.metadata["option"].parse is _output_file and isinstance(taken, Path) \
+                and taken.resolve() == path.resolve():
+            raise ConfigError(f"{flag} {path} is also {other.metadata['option'].flag(other.name)}: each "
+                              "output needs its own file; pass another path")
     return path
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities import RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -32,7 +33,7 @@ from mlflow.utils.time import get_current_time_millis
 
 from joulebench import names
 from joulebench.config import RunConfig
-from joulebench.errors import EnvironmentFault, first_line
+from joulebench.errors import ConfigError, EnvironmentFault, first_line
 from joulebench.tracking.outbox import STORE_FAILURES, Call, Outbox, load, send
 from joulebench.tracking.process import process_tags
 from joulebench.tracking.store import answers, client, tracking_uri, use_store
@@ -279,6 +280,7 @@ def _open_run(store: MlflowClient, experiment_id: str, config: RunConfig, tags: 
         store.log_batch(launched, tags=[RunTag(k, v) for k, v in tags.items()])
         return launched
     if config.parent_run_id:
+        _check_parent(store, config.parent_run_id)
         tags = tags | {MLFLOW_PARENT_RUN_ID: config.parent_run_id}
     # resolve_tags adds what mlflow.start_run would: user, source name and type, git commit.
     return store.create_run(experiment_id, tags=resolve_tags(tags), run_name=name).info.run_id
@@ -304,6 +306,17 @@ def close_launched_run(status: str, reason: str) -> None:
         store.set_terminated(run_id, status)
     except Exception:  # noqa: BLE001 - the command's own failure is reported, not this one
         pass
+
+
+def _check_parent(store: MlflowClient, parent_run_id: str) -> None:
+    """A run can only nest under a run the store holds: refused before this one is made."""
+    try:
+        store.get_run(parent_run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ConfigError(f"--parent-run-id {parent_run_id} names no run in the MLflow store {tracking_uri()}; "
+                          "pass the id of an existing run (a sweep's parent), or leave the option out") from None
 
 
 @contextmanager

@@ -139,6 +139,13 @@ def _check_local_path_writable(uri: str) -> None:
         path = Path(uri)
     else:
         return
+    sqlite = uri.startswith("sqlite:")
+    if path.is_dir() if sqlite else path.is_file():  # SQLite wants a file, the file store a folder
+        raise ConfigError(
+            f"the MLflow store {uri} names a {'directory' if sqlite else 'file'}, where a "
+            f"{'database file' if sqlite else 'folder'} belongs; move {path} aside or set "
+            "MLFLOW_TRACKING_URI=sqlite:///ANOTHER/mlflow.db"
+        )
     target = path if path.exists() else path.parent
     reason = why_unwritable(target) if target.exists() else f"{target} does not exist"
     if reason:
