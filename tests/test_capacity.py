@@ -106,7 +106,7 @@ def test_plot_is_a_png_of_the_requested_size(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "values"),
-    [("0-23", list(range(24))), ("0,8,16", [0, 8, 16]), ("16, 0-2,2", [0, 1, 2, 16]), ("23", [23])],
+    [("0-23", list(range(24))), ("0,8,16", [0, 8, 16]), ("16, 0-2,2", [0, 1, 2, 16]), ("23,0", [0, 23])],
 )
 def test_bits_values_parse_from_ranges_and_lists(text, values):
     assert parse_bits_values(text) == values
@@ -117,6 +117,13 @@ def test_bad_bits_values_are_one_line_errors(text):
     with pytest.raises(ConfigError, match="accepted: integers 0–23") as error:
         parse_bits_values(text)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["23", "8,16", "1-23"])
+def test_bits_values_without_zero_are_refused_before_any_training(text):
+    """bits = 0 is the curve's reference: without it, the run would train and then fail."""
+    with pytest.raises(ConfigError, match=r"lack 0: the capacity curve measures against the untouched model"):
+        parse_bits_values(text)
 
 
 def test_sweep_refuses_bits_out_of_range_and_unknown_fills():

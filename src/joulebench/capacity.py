@@ -42,6 +42,9 @@ def parse_bits_values(text: str) -> list[int]:
                 f"0–{MAX_BITS} as ranges and/or a list, e.g. 0-{MAX_BITS} or 0,8,16,20"
             )
         values.update(range(low, high + 1))
+    if 0 not in values:  # refused before the run opens, not after its training
+        raise ConfigError(f"bits values {text!r} lack 0: the capacity curve measures against the untouched "
+                          f"model (bits = 0); e.g. 0,{text}")
     return sorted(values)
 
 

@@ -137,6 +137,10 @@ def _dataset(flag: str, value: Any, resolved: Resolved) -> str:
     return value
 
 
+def _data_dir(flag: str, value: Any, resolved: Resolved) -> Path:
+    return checked_path(flag, value)
+
+
 def _weights(flag: str, value: Any, resolved: Resolved) -> str:
     # the test model has no pretrained weights; nothing to load
     return "none" if resolved["model"] == "tinynet" and value == "imagenet" else value
@@ -256,9 +260,6 @@ def _experiment(flag: str, value: Any, resolved: Resolved) -> str:
     return name
 
 
-def _path(flag: str, value: Any, resolved: Resolved) -> Path:
-    return checked_path(flag, value)
-
 
 def _ascii(value: Any) -> Any:
     """Number text as written with 0-9: Python reads "٣" or "１" as 3 and 1, a typo here (ValueError)."""
@@ -326,7 +327,7 @@ class RunConfig:
     dataset: str = option(
         "digits", "digits (embedded, no download) | cifar10 | imagefolder:PATH", parse=_dataset)
     data_dir: Path = option(
-        Path("data/datasets"), "Where DVC-tracked datasets live.", parse=_path,
+        Path("data/datasets"), "Where DVC-tracked datasets live.", parse=_data_dir,
         cli_default="data/datasets", type=FOLDER)
     weights: str = option(
         "imagenet", "imagenet (data/weights/<model>-imagenet.pth, hash-checked) | none | PATH",

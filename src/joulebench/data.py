@@ -70,6 +70,7 @@ def check_dataset_spec(spec: str) -> None:
 def load_dataset(spec: str, data_dir: Path, image_size: int, seed: int) -> DataSplits:
     """The train/validation splits of ``spec``; ConfigError when its files are missing."""
     check_dataset_spec(spec)
+    check_dataset_location(spec, data_dir)
     if spec == "digits":
         return load_digits_splits(image_size, seed)
     if spec == "cifar10":
@@ -113,9 +114,20 @@ def _missing(path: Path, name: str) -> ConfigError:
     )
 
 
+def check_dataset_location(spec: str, data_dir: Path) -> None:
+    """The dataset's files are where ``spec`` says, checked before any run opens (a sweep checks
+    every cell's): ConfigError naming how to get them otherwise."""
+    if spec == "cifar10" and not (data_dir / "cifar10" / "cifar-10-batches-py").is_dir():
+        raise _missing(data_dir / "cifar10", "cifar10")
+    if spec.startswith("imagefolder:"):
+        root = Path(spec.removeprefix("imagefolder:"))
+        if root.is_file():
+            raise ConfigError(f"imagefolder:{root} is a file, not a directory; {IMAGE_FOLDER_LAYOUT}")
+        if not root.is_dir():
+            raise _missing(root, "imagenette")
+
+
 def _load_cifar10(root: Path, image_size: int) -> DataSplits:
-    if not (root / "cifar-10-batches-py").is_dir():
-        raise _missing(root, "cifar10")
     transform = _image_transform(image_size)
     train = datasets.CIFAR10(root, train=True, download=False, transform=transform)
     val = datasets.CIFAR10(root, train=False, download=False, transform=transform)
@@ -127,10 +139,6 @@ IMAGE_FOLDER_LAYOUT = ("expected one sub-directory of images per class (at least
 
 
 def _load_imagefolder(root: Path, image_size: int, seed: int) -> DataSplits:
-    if root.is_file():
-        raise ConfigError(f"imagefolder:{root} is a file, not a directory; {IMAGE_FOLDER_LAYOUT}")
-    if not root.is_dir():
-        raise _missing(root, "imagenette")
     transform = _image_transform(image_size)
     halves = [(root / half).is_dir() for half in ("train", "val")]
     if any(halves) and not all(halves):

@@ -23,6 +23,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from joulebench import tracking
+from joulebench.data import check_dataset_location
 from joulebench.errors import ConfigError, EnvironmentFault
 from joulebench.method_params import method_names
 from joulebench.models import PAPER_MODELS
@@ -91,6 +92,9 @@ def run_sweep(
         model_list, method_list, parse_repeats(repeats), overrides, options, placement.run_device
     )
 
+    if placement.kubernetes is None:  # cells that run here read their data here: it must be here
+        for combination in combinations:
+            check_dataset_location(combination.config.dataset, combination.config.data_dir)
     experiment = options["experiment"]
     _refuse_live_cells(tracking.use_store(experiment), combinations)
     parent = tracking.open_sweep_run(

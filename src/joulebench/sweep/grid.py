@@ -79,10 +79,15 @@ def parse_names(text: str, option: str, every: Iterable[str]) -> list[str]:
     return names
 
 
+MAX_REPEATS = 1000  # each repeat is a full training of every cell: more is a typo
+
+
 def parse_repeats(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ConfigError(f"--repeats must be a whole number ≥ 1, got {text!r}; e.g. --repeats 3")
-    return int(text)
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= MAX_REPEATS:
+        raise ConfigError(f"--repeats must be a whole number from 1 to {MAX_REPEATS}, got {text!r}; "
+                          "e.g. --repeats 3")
+    return int(digits)
 
 
 def parse_method_overrides(pairs: Iterable[str], methods: list[str]) -> dict[str, tuple[str, ...]]:
