@@ -166,6 +166,12 @@ CASES = [
          "bits values '8,16' lack 0"),
     Case("sweep-experiment-empty", ["sweep", "--models", "tinynet", *QUICK[2:], "--experiment", ""], 2,
          "--experiment is empty"),
+    Case("imagefolder-one-image-per-class", train("--dataset", "imagefolder:data"), 2,
+         "2 images in 2 classes (the smallest holds 1) are too few to split",
+         setup=lambda d: images(d / "data", ["cat", "dog"], per_class=1)),
+    Case("report-out-under-a-file", ["report", "--out", "{d}/mlflow.db/x"], 2, "mlflow.db is a file"),
+    Case("fetch-mirror-not-a-url", ["fetch", "dataset", "cifar10", "--mirror", "not a url", "--to", "{d}/ds"], 2,
+         "mirror 'not a url' is not a URL this can fetch from"),
     Case("report-no-such-experiment", ["report", "--experiment", "nothing-here"], 2, "no experiment 'nothing-here'"),
     Case("capacity-tolerance-too-big", ["capacity", *QUICK, "--tolerance", "1.5"], 2, "--tolerance must be in [0, 1)"),
     Case("resend-no-journal", ["resend", "{d}"], 2, "holds no unsent run"),
@@ -217,3 +223,19 @@ def test_a_store_that_is_a_directory_is_refused_at_once(tmp_path):
     assert (result.returncode, len(lines)) == (2, 1), result.stderr[-2000:]
     assert "the MLflow store sqlite:///mlflow.db names a directory, where a database file belongs" in lines[0]
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"junk\n", "is not an MLflow store that can be read"),
+    (None, "no MLflow store at sqlite:///"),
+])
+def test_report_on_a_store_that_is_not_one_is_one_line(tmp_path, content, said):
+    from conftest import run_cli
+
+    store = tmp_path / "runs.db"
+    if content is not None:
+        store.write_bytes(content)
+    result = run_cli(["report", "--out", "out"], cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
+    lines = result.stderr.strip().splitlines()
+    assert (result.returncode, len(lines)) == (2, 1) and said in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "out").exists() and store.exists() == (content is not None)

@@ -8,6 +8,7 @@ fixed by the seed.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,18 @@ def load_digits_splits(image_size: int, seed: int) -> DataSplits:
 
 
 def stratified_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a stratified train/validation split, the same for the same seed."""
+    """Indices of a stratified train/validation split, the same for the same seed; ConfigError
+    where a class has too few images to be in both halves, or the validation half cannot hold
+    one image of every class."""
+    classes, counts = np.unique(labels, return_counts=True)
+    validation = math.ceil(len(labels) * VALIDATION_FRACTION)
+    if counts.min() < 2 or not len(classes) <= validation <= len(labels) - len(classes):
+        raise ConfigError(
+            f"{len(labels)} images in {len(classes)} classes (the smallest holds {counts.min()}) are too few "
+            f"to split {1 - VALIDATION_FRACTION:.0%}/{VALIDATION_FRACTION:.0%} with every class in both halves; "
+            f"give each class at least 2 images and the set at least {math.ceil(len(classes) / VALIDATION_FRACTION)}, "
+            "or pass train/ and val/ folders"
+        )
     return train_test_split(
         np.arange(len(labels)), test_size=VALIDATION_FRACTION, stratify=labels, random_state=seed
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from joulebench import names, tracking
-from joulebench.errors import ConfigError
+from joulebench.errors import ConfigError, why_unwritable
 from joulebench.report.plots import PLOTS, pareto_front
 from joulebench.report.render import format_number, write_report
 from joulebench.report.rows import GroupKey, Row, build_report
@@ -64,6 +64,18 @@ def parse_target_fraction(text: str) -> float:
     return value
 
 
+def check_output_folder(out: Path) -> None:
+    """``--out`` can hold the files (a folder, or one that can be made), checked before reading."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out} cannot be a folder: {existing} is a file; pass a folder path")
+    reason = why_unwritable(existing)
+    if reason:
+        raise ConfigError(f"--out {out} cannot be written: {reason}; pass a folder this user may write")
+
+
 def recorded_config_hashes(directory: Path) -> set[str]:
     """The config hashes of the ``run.json`` files (``train --run-json``) anywhere under ``directory``."""
     records = sorted(directory.rglob("run.json")) if directory.is_dir() else []
@@ -86,6 +98,7 @@ def run_report(
     """Read the runs (of ``experiment``, or of every experiment: None), summarise, write the
     files and log them on a ``report`` run."""
     fraction = parse_target_fraction(target_fraction)
+    check_output_folder(out)
     wanted = recorded_config_hashes(runs_from) if runs_from is not None else None
     measured = tracking.finished_measured_runs(experiment)
     runs = measured.records

@@ -15,7 +15,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from joulebench import names
 from joulebench.errors import ConfigError
 from joulebench.tracking.outbox import STORE_FAILURES
-from joulebench.tracking.store import all_experiments, all_runs, answers, client, experiment_id, tracking_uri
+from joulebench.tracking.store import (
+    all_experiments, all_runs, answers, client, experiment_id, read_store, tracking_uri,
+)
 from joulebench.tracking.sweeps import GRID_ARTIFACT, RUN_KIND_TAG
 
 
@@ -52,7 +54,7 @@ def finished_measured_runs(experiment: str | None) -> MeasuredRuns:
     """Every run carrying a ``config_hash`` (a joulebench measurement) of ``experiment``, or of
     every active experiment of the store but the reports' own (None): runs `mlflow run` filed
     under ``Default`` are joulebench's too. Only FINISHED ones are read; the rest are counted."""
-    store = client()
+    store = read_store()
     if experiment is None:
         experiments = [e for e in all_experiments(store) if e.name != REPORT_EXPERIMENT]
     else:

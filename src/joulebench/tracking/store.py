@@ -97,6 +97,29 @@ def _create_sqlite_store(path: Path) -> None:
             lock_path.unlink(missing_ok=True)
 
 
+def read_store() -> MlflowClient:
+    """The store, for a command that reads what runs wrote (``report``): it must be there and be
+    an MLflow store. ConfigError for a local one missing, unwritable (the report logs a run) or not
+    a store (a corrupt file); EnvironmentFault for a server that does not answer."""
+    uri = tracking_uri()
+    _check_local_path_writable(uri)
+    if is_server(uri):
+        _check_server(uri)
+    elif uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise ConfigError(f"no MLflow store at {uri}: nothing has run here yet; run from the folder that "
+                          "holds mlflow.db, or set MLFLOW_TRACKING_URI to the store")
+    try:
+        store = client()  # opening a local store checks its schema
+        store.search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any failure to read means it is not a usable store
+        if is_server(uri):
+            raise EnvironmentFault(f"the MLflow server {uri} did not answer a search ({first_line(error, 200)}); "
+                                   "check it and try again") from None
+        raise ConfigError(f"{uri} is not an MLflow store that can be read ({first_line(error, 200)}); "
+                          "point MLFLOW_TRACKING_URI at the store the runs went to") from None
+    return store
+
+
 def use_store(experiment: str) -> str:
     """The id of ``experiment`` in the store, made if new; ConfigError for a store path that
     cannot be written, EnvironmentFault for a store that fails to answer or to open."""
