@@ -172,6 +172,8 @@ CASES = [
     Case("report-out-under-a-file", ["report", "--out", "{d}/mlflow.db/x"], 2, "mlflow.db is a file"),
     Case("fetch-mirror-not-a-url", ["fetch", "dataset", "cifar10", "--mirror", "not a url", "--to", "{d}/ds"], 2,
          "mirror 'not a url' is not a URL this can fetch from"),
+    Case("artifact-folder-is-a-file", train(), 2, "mlruns is a file; move it aside",
+         setup=lambda d: (d / "mlruns").write_text("not a folder\n")),
     Case("report-no-such-experiment", ["report", "--experiment", "nothing-here"], 2, "no experiment 'nothing-here'"),
     Case("capacity-tolerance-too-big", ["capacity", *QUICK, "--tolerance", "1.5"], 2, "--tolerance must be in [0, 1)"),
     Case("resend-no-journal", ["resend", "{d}"], 2, "holds no unsent run"),
@@ -239,3 +241,38 @@ def test_report_on_a_store_that_is_not_one_is_one_line(tmp_path, content, said):
     lines = result.stderr.strip().splitlines()
     assert (result.returncode, len(lines)) == (2, 1) and said in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "out").exists() and store.exists() == (content is not None)
+
+
+def test_image_file_names_that_are_not_utf8_are_escaped_not_fatal(tmp_path):
+    """A file name MLflow cannot hold as text (not UTF-8) is listed with \\x escapes; the run
+    finishes (it was taken for an outage and left RUNNING)."""
+    import os
+
+    from conftest import run_cli
+
+    images(tmp_path / "data", ["cat", "dog"])
+    (tmp_path / "data" / "dog" / os.fsdecode(b"\xfe.png")).write_bytes(b"not an image")
+    result = run_cli(train("--dataset", "imagefolder:data"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])
+    assert run.info.status == "FINISHED"
+    assert "(first: data/dog/\\xfe.png;" in run.data.tags["skipped_images"]
+
+
+def test_a_store_error_no_wait_mends_ends_the_call_in_one_line_not_in_the_outbox(tmp_path, monkeypatch):
+    """Only an outage is kept for later: the real error of an artifact folder that is a file is
+    permanent, raised at once as one line, and nothing is journaled to resend for ever."""
+    from joulebench.errors import ConfigError
+    from joulebench.tracking import Recorder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "blocked").write_text("a file where the artifacts go")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("e", artifact_location=str(tmp_path / "blocked" / "e"))
+    recorder = Recorder(client.create_run(experiment).info.run_id, experiment, client)
+    with pytest.raises(ConfigError, match="refuses this run's log_text for good") as error:
+        recorder.log_text("note.txt", "x")
+    assert "\n" not in str(error.value) and not recorder.outbox.pending
+    recorder.log_metrics({"accuracy": 0.5})  # the store itself still takes what it can hold
+    assert client.get_run(recorder.run_id).data.metrics == {"accuracy": 0.5}

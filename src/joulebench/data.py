@@ -186,7 +186,9 @@ class CheckedImageFolder(datasets.ImageFolder):
     def __init__(self, root: Path, transform: transforms.Compose) -> None:
         super().__init__(root, transform=transform)
         readable = [(path, label) for path, label in self.samples if _opens_as_image(path)]
-        self.skipped = sorted({path for path, _ in self.samples} - {path for path, _ in readable})
+        # As text MLflow can hold: a file name that is not UTF-8 shows its bytes as \x escapes.
+        self.skipped = sorted(os.fsencode(path).decode("utf-8", "backslashreplace")
+                              for path in {path for path, _ in self.samples} - {path for path, _ in readable})
         self.samples = self.imgs = readable
         self.targets = [label for _, label in readable]
         empty = sorted(set(self.classes) - {self.classes[label] for label in self.targets})

@@ -30,6 +30,19 @@ JOURNAL = "journal.jsonl"
 RUN_FILE = "run.json"
 # What a store that has gone away raises, after MLflow's own retries.
 STORE_FAILURES = (MlflowException, requests.exceptions.RequestException, OSError)
+# What no wait mends: a value the store cannot hold (text that is not UTF-8), a local artifact
+# folder that is a file or may not be written. Sending it again fails the same way for ever.
+PERMANENT_FAILURES = (UnicodeError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether a failed call would fail again however long one waited (its causes included)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, PERMANENT_FAILURES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass

@@ -34,7 +34,7 @@ from mlflow.utils.time import get_current_time_millis
 from joulebench import names
 from joulebench.config import RunConfig
 from joulebench.errors import ConfigError, EnvironmentFault, first_line
-from joulebench.tracking.outbox import STORE_FAILURES, Call, Outbox, load, send
+from joulebench.tracking.outbox import STORE_FAILURES, Call, Outbox, is_permanent, load, send
 from joulebench.tracking.process import process_tags
 from joulebench.tracking.store import answers, client, tracking_uri, use_store
 
@@ -212,7 +212,12 @@ class Recorder:
             return
         try:
             perform()
-        except STORE_FAILURES as error:
+        except (*STORE_FAILURES, UnicodeError) as error:
+            if is_permanent(error):  # not an outage: keeping it would strand the run RUNNING
+                raise ConfigError(
+                    f"the MLflow store {tracking_uri()} refuses this run's {kept().name} for good "
+                    f"({first_line(error, 200)}); fix that and run again"
+                ) from None
             self.outbox.keep(kept(), error)
 
     def _flush_if_answering(self) -> bool:

@@ -137,7 +137,7 @@ def use_store(experiment: str) -> str:
             return show_comparison(store, store.get_run(launched_run).info.experiment_id)
         found = store.get_experiment_by_name(experiment)
         if found is None:
-            return show_comparison(store, store.create_experiment(experiment))
+            found = store.get_experiment(store.create_experiment(experiment))
         if found.lifecycle_stage != "deleted":
             show_comparison(store, found.experiment_id)
     except Exception as error:  # any failure here means the store is unusable
@@ -150,7 +150,21 @@ def use_store(experiment: str) -> str:
             f"experiment {experiment!r} is deleted in the MLflow store {uri}; restore it with "
             f"`mlflow experiments restore --experiment-id {found.experiment_id}` or pass another --experiment"
         )
+    _check_artifact_folder(found.artifact_location)
     return found.experiment_id
+
+
+def _check_artifact_folder(location: str) -> None:
+    """A local artifact location must be able to become a folder: a file in its way is bad input,
+    said before the run opens (its first artifact would fail for ever)."""
+    if "://" in location and not location.startswith("file://"):
+        return  # a server's or a cloud store's: it answers for itself
+    path = Path(location.removeprefix("file://"))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        raise ConfigError(f"the run's artifacts go to {location}, but {path} is a file; move it aside or set "
+                          "MLFLOW_TRACKING_URI to another store")
 
 
 def _check_local_path_writable(uri: str) -> None:
