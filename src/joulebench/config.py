@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -163,7 +164,21 @@ def _image_size(flag: str, value: Any, resolved: Resolved) -> int:
     sizes = image_sizes(model)
     size = sizes.default(DIGITS_IMAGE_SIZE) if value is None else _positive(flag, value, int)
     sizes.check(model, size)
+    _check_batch_fits(flag, resolved["batch_size"], size)
     return size
+
+
+def _check_batch_fits(flag: str, batch_size: int, size: int) -> None:
+    """One batch of input images (3 × size² float32 each) must fit in this host's memory, where
+    every batch is made before it moves to a device: refused with the estimate, not a MemoryError
+    mid-run. Activations need more; this is the floor no run can go under."""
+    needed = batch_size * 3 * size * size * 4
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise ConfigError(
+            f"--batch-size {batch_size} at {flag} {size} needs {needed / 2**30:,.0f} GiB for one batch of input "
+            f"alone, and this host has {memory / 2**30:.0f} GiB; lower --batch-size or {flag}"
+        )
 
 
 def _device(flag: str, value: Any, resolved: Resolved) -> str:
