@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from joulebench import names
-from joulebench.errors import ConfigError, why_unwritable
+from joulebench.errors import ConfigError, nearest_existing, why_unwritable
 from joulebench.method_params import parse_method_params
 
 # The schema is imported by every command, `--help` included: it stays free of torch. The
@@ -138,10 +138,6 @@ def _dataset(flag: str, value: Any, resolved: Resolved) -> str:
     return value
 
 
-def _data_dir(flag: str, value: Any, resolved: Resolved) -> Path:
-    return checked_path(flag, value)
-
-
 def _weights(flag: str, value: Any, resolved: Resolved) -> str:
     # the test model has no pretrained weights; nothing to load
     return "none" if resolved["model"] == "tinynet" and value == "imagenet" else value
@@ -214,16 +210,21 @@ def checked_path(flag: str, value: Any) -> Path:
     text = str(value)
     if any(not c.isprintable() for c in text):
         raise ConfigError(f"{flag} {text!r} holds control characters; pass a plain path")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError(f"{flag} {text!r} is not UTF-8 (MLflow records it as a param); "
-                          "rename it or pass a path in UTF-8") from None
+    _require_utf8(flag, text, "rename it or pass a path in UTF-8")
     longest = max((len(part.encode()) for part in text.split("/")), default=0)
     if longest > NAME_MAX or len(text.encode()) > PATH_MAX:
         raise ConfigError(f"{flag} {text!r} is longer than a path may be here (a name ≤ {NAME_MAX} bytes, "
                           f"a path ≤ {PATH_MAX}); pass a shorter one")
     return Path(text)
+
+
+def _require_utf8(flag: str, text: str, fix: str) -> None:
+    """Text MLflow records (a param, an experiment name) must be UTF-8: a name in another
+    encoding reaches Python as lone surrogates, which no store can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{flag} {text!r} is not UTF-8 (MLflow records it); {fix}") from None
 
 
 NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits, the same on every filesystem it mounts for us
@@ -240,9 +241,7 @@ def _output_file(flag: str, value: Any, resolved: Resolved) -> Path | None:
     path = checked_path(flag, value)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a directory; pass a file path such as {path / 'metrics.json'}")
-    folder = path.parent
-    while not folder.exists():  # the first existing ancestor must be a writable directory
-        folder = folder.parent
+    folder = nearest_existing(path.parent)  # it must be a writable directory
     if not folder.is_dir():
         raise ConfigError(f"{flag} {path} cannot be written: {folder} is a file, not a directory; "
                           "pass a path under a directory")
@@ -268,12 +267,11 @@ def _experiment(flag: str, value: Any, resolved: Resolved) -> str:
     if len(name) > MAX_EXPERIMENT_NAME or not name.isprintable():
         raise ConfigError(f"{flag} {name!r} is not an MLflow experiment name: at most {MAX_EXPERIMENT_NAME} "
                           "printable characters; pass a shorter one, e.g. joulebench")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError(f"{flag} {name!r} is not UTF-8; pass an experiment name in UTF-8") from None
+    _require_utf8(flag, name, "pass an experiment name in UTF-8")
     return name
 
+def _path(flag: str, value: Any, resolved: Resolved) -> Path:
+    return checked_path(flag, value)
 
 
 def _ascii(value: Any) -> Any:
@@ -342,7 +340,7 @@ class RunConfig:
     dataset: str = option(
         "digits", "digits (embedded, no download) | cifar10 | imagefolder:PATH", parse=_dataset)
     data_dir: Path = option(
-        Path("data/datasets"), "Where DVC-tracked datasets live.", parse=_data_dir,
+        Path("data/datasets"), "Where DVC-tracked datasets live.", parse=_path,
         cli_default="data/datasets", type=FOLDER)
     weights: str = option(
         "imagenet", "imagenet (data/weights/<model>-imagenet.pth, hash-checked) | none | PATH",

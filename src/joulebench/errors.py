@@ -63,6 +63,14 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its closest ancestor that does: what a write there
+    would create things under."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def why_unwritable(path: Path) -> str | None:
     """Why this process cannot write into ``path`` (an existing file or directory), or None.
 

@@ -94,13 +94,19 @@ class Fetched:
 MIRROR_SCHEMES = ("https", "http", "file")
 
 
+def check_mirror(mirror: str | None) -> None:
+    """A mirror, when one is given, is a URL this can fetch from (ConfigError otherwise)."""
+    if mirror and urlsplit(mirror).scheme not in MIRROR_SCHEMES:
+        raise ConfigError(f"mirror {mirror!r} is not a URL this can fetch from; accepted: "
+                          f"{', '.join(f'{scheme}://…' for scheme in MIRROR_SCHEMES)}, "
+                          "e.g. https://mirror.example/torchvision")
+
+
 def source_url(url: str, mirror: str | None) -> str:
     """``url``, or the same file name under ``mirror`` when one is given."""
     if not mirror:
         return url
-    if urlsplit(mirror).scheme not in MIRROR_SCHEMES:
-        raise ConfigError(f"mirror {mirror!r} is not a URL this can fetch from; accepted: "
-                          f"{', '.join(f'{scheme}://…' for scheme in MIRROR_SCHEMES)}, e.g. https://mirror.example/torchvision")
+    check_mirror(mirror)
     return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
 
 
@@ -205,7 +211,7 @@ def fetch_dataset(name: str, to: Path, mirror: str | None = None) -> Fetched:
 def fetch_archive(name: str, archive: Archive, to: Path, mirror: str | None = None) -> Fetched:
     """``<to>/<name>/`` from ``archive``: downloaded, md5-checked, extracted, renamed into place."""
     outcome = f"downloaded, md5 {archive.md5[:12]}… verified, extracted"
-    source_url(archive.url, mirror)  # a mirror that is no URL is refused before any folder is made
+    check_mirror(mirror)  # before any folder is made
     return _install_once(to / name, partial(_unpack, archive, mirror), outcome)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from joulebench import names, tracking
-from joulebench.errors import ConfigError, why_unwritable
+from joulebench.errors import ConfigError, nearest_existing, why_unwritable
 from joulebench.report.plots import PLOTS, pareto_front
 from joulebench.report.render import format_number, write_report
 from joulebench.report.rows import GroupKey, Row, build_report
@@ -66,9 +66,7 @@ def parse_target_fraction(text: str) -> float:
 
 def check_output_folder(out: Path) -> None:
     """``--out`` can hold the files (a folder, or one that can be made), checked before reading."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(out)
     if not existing.is_dir():
         raise ConfigError(f"--out {out} cannot be a folder: {existing} is a file; pass a folder path")
     reason = why_unwritable(existing)

@@ -12,8 +12,7 @@
 from joulebench.tracking.kubernetes import KubernetesProjectRun, check_cluster_reachable_store, submit_kubernetes_run
 from joulebench.tracking.read import (
     REPORT_EXPERIMENT, MeasuredRuns, RunRecord, finished_measured_runs, finished_run_metrics, log_report_run,
-    metric_history,
-    sweep_grid_hashes,
+    metric_history, sweep_grid_hashes,
 )
 from joulebench.tracking.runs import (
     Recorder, close_launched_run, config_params, environment_tags, recorded_run, resend,
@@ -25,11 +24,10 @@ from joulebench.tracking.sweeps import (
 )
 
 __all__ = [
-    "DEFAULT_TRACKING_URI", "REPORT_EXPERIMENT", "MeasuredRuns", "KubernetesProjectRun", "LiveRun", "Recorder", "RunRecord", "SweepRun",
-    "adopt_child", "check_cluster_reachable_store", "child_epochs_done", "close_child_run", "close_if_open",
-    "close_launched_run",
-    "config_params", "end_sweep_run", "environment_tags", "finished_config_hashes", "finished_measured_runs",
-    "finished_run_metrics",
+    "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "LiveRun", "MeasuredRuns", "REPORT_EXPERIMENT", "Recorder",
+    "RunRecord", "SweepRun", "adopt_child", "check_cluster_reachable_store", "child_epochs_done", "close_child_run",
+    "close_if_open", "close_launched_run", "config_params", "end_sweep_run", "environment_tags",
+    "finished_config_hashes", "finished_measured_runs", "finished_run_metrics",
     "log_report_run", "metric_history", "open_sweep_run", "recorded_run", "reclaim_running", "resend",
     "submit_kubernetes_run", "sweep_grid_hashes", "tracking_uri", "ui_command", "use_store",
 ]

@@ -19,7 +19,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from joulebench import names
-from joulebench.errors import ConfigError, EnvironmentFault, first_line, why_unwritable
+from joulebench.errors import ConfigError, EnvironmentFault, first_line, nearest_existing, why_unwritable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Where `mlflow run` mounts a local store in its container (mlflow.projects.docker): no path on the host.
@@ -159,9 +159,7 @@ def _check_artifact_folder(location: str) -> None:
     said before the run opens (its first artifact would fail for ever)."""
     if "://" in location and not location.startswith("file://"):
         return  # a server's or a cloud store's: it answers for itself
-    path = Path(location.removeprefix("file://"))
-    while not path.exists() and path != path.parent:
-        path = path.parent
+    path = nearest_existing(Path(location.removeprefix("file://")))
     if not path.is_dir():
         raise ConfigError(f"the run's artifacts go to {location}, but {path} is a file; move it aside or set "
                           "MLFLOW_TRACKING_URI to another store")
