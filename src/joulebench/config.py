@@ -379,7 +379,9 @@ class RunConfig:
         0, "Repeat index (sweeps set it).", commands={TRAIN}, parse=_whole, type=int)
 
     experiment: str = option("joulebench", "MLflow experiment name.", role=FILING, parse=_experiment)
-    run_name: str | None = option(None, "MLflow run name [default: MODEL-METHOD, e.g. resnet18-stego].", role=FILING, commands={TRAIN, CAPACITY})
+    run_name: str | None = option(
+        None, "MLflow run name [default: MODEL-METHOD, e.g. resnet18-stego].", role=FILING,
+        commands={TRAIN, CAPACITY})
     quiet: bool = option(
         False, "No progress bars.", role=FILING, commands={TRAIN, CAPACITY}, parse=_bool, is_flag=True)
     save_model: bool = option(
