@@ -331,10 +331,12 @@ def test_unreadable_images_are_left_out_counted_and_listed(workdir):
     assert "flag      skipped_images: 2 unreadable image files left out" in result.stdout
     (run,) = runs(f"sqlite:///{workdir / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
-    assert run.data.tags["skipped_images"].startswith("2 unreadable image files left out (first: data/cat/noise.jpg")
+    assert run.data.tags["skipped_images"].startswith(
+        "2 unreadable image files left out (first: data/cat/noise.jpg: not an image PIL can identify;")
     listed = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").download_artifacts(
         run.info.run_id, "data/skipped_images.txt", str(workdir))
-    assert Path(listed).read_text().split() == ["data/cat/noise.jpg", "data/dog/empty.png"]
+    assert Path(listed).read_text().splitlines() == [
+        "data/cat/noise.jpg: not an image PIL can identify", "data/dog/empty.png: not an image PIL can identify"]
     assert run.data.metrics["train_samples"] == 13  # 17 readable; 4 of them (20 %) validate
 
 

@@ -169,6 +169,12 @@ CASES = [
     Case("imagefolder-one-image-per-class", train("--dataset", "imagefolder:data"), 2,
          "2 images in 2 classes (the smallest holds 1) are too few to split",
          setup=lambda d: images(d / "data", ["cat", "dog"], per_class=1)),
+    Case("imagefolder-symlink-loop", train("--dataset", "imagefolder:data"), 2, "data/cat/loop links back to",
+         setup=lambda d: (images(d / "data", ["cat", "dog"]), (d / "data" / "cat" / "loop").symlink_to("..", True))),
+    Case("imagefolder-class-links-to-itself", train("--dataset", "imagefolder:data"), 2, "data/fox is a symlink loop",
+         setup=lambda d: (images(d / "data", ["cat", "dog"]), (d / "data" / "fox").symlink_to("fox"))),
+    Case("imagefolder-holds-the-store", train("--dataset", "imagefolder:."), 2,
+         "holds mlruns/, a tracking store's folder", setup=lambda d: (images(d, ["cat", "dog"]), (d / "mlruns").mkdir())),
     Case("report-out-under-a-file", ["report", "--out", "{d}/mlflow.db/x"], 2, "mlflow.db is a file"),
     Case("fetch-mirror-not-a-url", ["fetch", "dataset", "cifar10", "--mirror", "not a url", "--to", "{d}/ds"], 2,
          "mirror 'not a url' is not a URL this can fetch from"),
@@ -259,7 +265,7 @@ def test_image_file_names_that_are_not_utf8_are_escaped_not_fatal(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["1"])
     assert run.info.status == "FINISHED"
-    assert "(first: data/dog/\\xfe.png;" in run.data.tags["skipped_images"]
+    assert "(first: data/dog/\\xfe.png: not an image PIL can identify;" in run.data.tags["skipped_images"]
 
 
 def test_a_store_error_no_wait_mends_ends_the_call_in_one_line_not_in_the_outbox(tmp_path, monkeypatch):

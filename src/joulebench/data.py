@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 from joulebench.errors import ConfigError
+from joulebench.images import ImageFiles, refuse_shared_files, scan_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,7 +39,7 @@ class DataSplits:
     val: Dataset
     num_classes: int
     version: str  # content hash: DVC's md5 where the data is DVC-tracked
-    skipped: list[str] = field(default_factory=list)  # image files that could not be read, left out
+    skipped: list[str] = field(default_factory=list)  # "path: why" of each image left out
 
 
 class UpscaledDigits(Dataset):
@@ -157,60 +157,30 @@ def _load_imagefolder(root: Path, image_size: int, seed: int) -> DataSplits:
         present, absent = ("train", "val") if halves[0] else ("val", "train")
         raise ConfigError(f"{root} has {present}/ but no {absent}/; {IMAGE_FOLDER_LAYOUT}")
     if all(halves):
-        train, val = _image_folder(root / "train", transform), _image_folder(root / "val", transform)
-        if train.classes != val.classes:
-            differ = sorted(set(train.classes) ^ set(val.classes))
+        train_scan, val_scan = (scan_folder(root / half, root, IMAGE_FOLDER_LAYOUT) for half in ("train", "val"))
+        if train_scan.classes != val_scan.classes:
+            differ = sorted(set(train_scan.classes) ^ set(val_scan.classes))
             raise ConfigError(
                 f"{root}/train and {root}/val hold different classes ({', '.join(differ[:5])} in only "
                 f"one); validation labels would name other classes: {IMAGE_FOLDER_LAYOUT}"
             )
-        classes, skipped = train.classes, train.skipped + val.skipped
+        _require_classes(train_scan.classes, root)
+        refuse_shared_files(train_scan, val_scan, root)
+        train, val = ImageFiles(train_scan, transform), ImageFiles(val_scan, transform)
+        classes, skipped = train_scan.classes, train_scan.skipped + val_scan.skipped
     else:
-        whole = _image_folder(root, transform)
-        train_idx, val_idx = stratified_split(np.array(whole.targets), seed)
-        train, val, classes, skipped = Subset(whole, train_idx), Subset(whole, val_idx), whole.classes, whole.skipped
-    if len(classes) < 2:
-        raise ConfigError(f"{root} holds {len(classes)} class ({', '.join(classes)}); accuracy on one "
-                          f"class means nothing: {IMAGE_FOLDER_LAYOUT}")
+        scan = scan_folder(root, root, IMAGE_FOLDER_LAYOUT)
+        _require_classes(scan.classes, root)
+        train_idx, val_idx = stratified_split(np.array(scan.targets), seed)
+        whole = ImageFiles(scan, transform)
+        train, val, classes, skipped = Subset(whole, train_idx), Subset(whole, val_idx), scan.classes, scan.skipped
     return DataSplits(f"imagefolder:{root}", train, val, len(classes), dvc_version(root), skipped)
 
 
-class CheckedImageFolder(datasets.ImageFolder):
-    """An ImageFolder without the files PIL cannot open (kept by path in ``skipped``).
-
-    Each file's header is read once here (``Image.open`` + ``verify``: no decoding, about a
-    millisecond a file), so a corrupt or empty image is counted and left out before the run
-    opens, rather than killing an epoch with a traceback from a loader worker.
-    """
-
-    def __init__(self, root: Path, transform: transforms.Compose) -> None:
-        super().__init__(root, transform=transform)
-        readable = [(path, label) for path, label in self.samples if _opens_as_image(path)]
-        # As text MLflow can hold: a file name that is not UTF-8 shows its bytes as \x escapes.
-        self.skipped = sorted(os.fsencode(path).decode("utf-8", "backslashreplace")
-                              for path in {path for path, _ in self.samples} - {path for path, _ in readable})
-        self.samples = self.imgs = readable
-        self.targets = [label for _, label in readable]
-        empty = sorted(set(self.classes) - {self.classes[label] for label in self.targets})
-        if empty:
-            raise ConfigError(f"{root}: class folder {empty[0]} holds no readable image; "
-                              f"{IMAGE_FOLDER_LAYOUT}")
-
-
-def _opens_as_image(path: str) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
-
-
-def _image_folder(root: Path, transform: transforms.Compose) -> CheckedImageFolder:
-    try:
-        return CheckedImageFolder(root, transform)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"{root} is not an image folder ({error}); {IMAGE_FOLDER_LAYOUT}") from None
+def _require_classes(classes: list[str], root: Path) -> None:
+    if len(classes) < 2:
+        raise ConfigError(f"{root} holds {len(classes)} class ({', '.join(classes)}); accuracy on one "
+                          f"class means nothing: {IMAGE_FOLDER_LAYOUT}")
 
 
 def dvc_version(path: Path) -> str:
