@@ -1,11 +1,17 @@
 """Model registry: the nine paper models, new heads, and safe, checked weight loading."""
 
+import argparse
+import io
+import json
 import os
+import struct
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from joulebench.cli import main
 from joulebench.errors import ConfigError
 from joulebench.models import (
     PAPER_MODELS,
@@ -17,6 +23,7 @@ from joulebench.models import (
     verify_hash,
 )
 from support import parameter_count
+from test_cli_train import _runs_in
 
 # DESIGN.md's figures, in millions: the registry must agree within 1 %.
 DESIGN_MILLIONS = {
@@ -145,3 +152,121 @@ def test_imagenet_file_with_wrong_hash_refused(tmp_path, monkeypatch, mobilenet_
     (tmp_path / "data/weights/mobilenet_v3_small-imagenet.pth").write_bytes(path.read_bytes())
     with pytest.raises(ConfigError, match="sha256"):
         build_model("mobilenet_v3_small", 10, weights="imagenet")
+
+
+def _refusal(model: str, path) -> str:
+    """The ConfigError message build_model gives for weights file ``path``: one line."""
+    with pytest.raises(ConfigError) as error:
+        build_model(model, 10, weights=str(path))
+    message = str(error.value)
+    assert "\n" not in message and "\x1b" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.bool, torch.complex64])
+def test_weights_cast_to_another_kind_refused(mobilenet_file, dtype):
+    # load_state_dict would cast them back to float32 silently and train from garbage.
+    path, state = mobilenet_file
+    torch.save({k: v.to(dtype) for k, v in state.items()}, path)
+    message = _refusal("mobilenet_v3_small", path)
+    assert f"features.0.0.weight as {dtype}" in message and "needs floating-point values" in message
+    assert "torch.save(model.state_dict(), PATH)" in message
+
+
+def test_half_weights_accepted_and_integer_buffers_stay_integer(mobilenet_file):
+    path, state = mobilenet_file
+    half = {k: v.half() if v.is_floating_point() else v.int() for k, v in state.items()}
+    assert half["features.0.1.num_batches_tracked"].dtype == torch.int32
+    torch.save(half, path)
+    loaded = build_model("mobilenet_v3_small", 10, weights=str(path)).state_dict()
+    assert torch.equal(loaded["features.0.0.weight"], half["features.0.0.weight"].float())
+
+
+def test_weights_refused_when_a_float_goes_where_an_integer_belongs(mobilenet_file):
+    path, state = mobilenet_file
+    torch.save({k: v.float() for k, v in state.items()}, path)
+    message = _refusal("mobilenet_v3_small", path)
+    assert "features.0.1.num_batches_tracked as torch.float32" in message and "needs integer" in message
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_torchscript_archive_named_and_its_conversion_works(tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(_architecture("squeezenet1_1")), path)
+    message = _refusal("squeezenet1_1", path)
+    assert "is a TorchScript archive (torch.jit.save)" in message and "truncated" not in message
+    assert f"torch.save(torch.jit.load({str(path)!r}).state_dict(), 'weights.pth')" in message
+    # The advice, followed, gives a file that loads.
+    torch.save(torch.jit.load(path).state_dict(), tmp_path / "weights.pth")
+    build_model("squeezenet1_1", 10, weights=str(tmp_path / "weights.pth"))
+
+
+def _safetensors_bytes() -> bytes:
+    """A one-tensor safetensors file, as the format specifies (u64 header length, JSON, data)."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(4)
+
+
+def _npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, weight=np.zeros(3))
+    return buffer.getvalue()
+
+
+FOREIGN_FILES = [
+    (_safetensors_bytes, "is a safetensors file, not a torch.save state dict; convert it in Python: "
+     "torch.save(safetensors.torch.load_file("),
+    (lambda: b"\x08\x08\x12\x07pytorch\x1a\x052.4.0", "is an ONNX model"),
+    (lambda: b"hello, not weights\n", "is not a file torch.save wrote (it starts with b'hello, n')"),
+    (_npz_bytes, "is a zip archive without data.pkl (weight.npy, …)"),
+]
+
+
+@pytest.mark.parametrize(("content", "named"), FOREIGN_FILES, ids=["safetensors", "onnx", "text", "npz"])
+def test_file_in_another_format_is_named(tmp_path, content, named):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(content())
+    message = _refusal("squeezenet1_1", path)
+    assert named in message and "truncated" not in message
+
+
+def test_whole_pickled_model_named_without_torchs_unsafe_advice(tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save(_architecture("squeezenet1_1"), path)
+    message = _refusal("squeezenet1_1", path)
+    assert "it pickles torchvision.models.squeezenet.SqueezeNet" in message
+    assert "torch.save(model.state_dict(), PATH)" in message and "weights_only" not in message
+
+
+@pytest.mark.parametrize("layout", ["torchvision_reference", "state_dict"])
+def test_training_checkpoint_unwrapped(mobilenet_file, layout):
+    path, state = mobilenet_file
+    checkpoint = (
+        # What torchvision's references/classification/train.py saves each epoch.
+        {"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "epoch": 3,
+         "args": argparse.Namespace(lr=0.1, data_path="/data/imagenet")}
+        if layout == "torchvision_reference" else {"state_dict": state, "epoch": 3}
+    )
+    torch.save(checkpoint, path)
+    loaded = build_model("mobilenet_v3_small", 10, weights=str(path)).state_dict()
+    assert torch.equal(loaded["features.0.0.weight"], state["features.0.0.weight"])
+
+
+def test_dict_without_a_state_dict_names_its_keys(tmp_path):
+    path = tmp_path / "notes.pth"
+    torch.save({"epoch": 3, "accuracy": 0.9}, path)
+    message = _refusal("squeezenet1_1", path)
+    assert "holds no state dict of tensors (found keys epoch, accuracy; looked under model" in message
+
+
+def test_cli_refuses_int8_weights_one_line_exit_2_no_run(workdir, capsys):
+    int8 = {k: v.to(torch.int8) for k, v in _architecture("mobilenet_v3_small").state_dict().items()}
+    torch.save(int8, workdir / "int8.pth")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "mobilenet_v3_small", "--weights", "int8.pth",
+              "--idle-seconds", "0", "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "features.0.0.weight as torch.int8" in lines[0], err
+    assert not _runs_in(workdir / "mlflow.db")

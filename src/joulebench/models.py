@@ -3,14 +3,18 @@
 The nine models of the paper are listed with their parameter counts; any other torchvision
 classification model is accepted by name, and ``tinynet`` is a small CNN for fast tests.
 Weights are loaded with ``torch.load(weights_only=True)`` (a pickle cannot run code) and an
-ImageNet file is checked against the sha256 prefix torchvision publishes in its file name.
+ImageNet file is checked against the sha256 prefix torchvision publishes in its file name. A
+file in another format (safetensors, TorchScript, ONNX) is named as such, a training checkpoint
+is unwrapped, and a state dict whose dtypes are not the model's kind (int8 for float) is refused.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import pickle
 import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,28 +180,116 @@ def load_state_dict(name: str, path: Path, check_hash: bool) -> dict[str, torch.
         )
     if check_hash:
         verify_hash(path, published_hash_prefix(name), name)
+    check_format(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # torchvision's references/classification/train.py saves its argparse.Namespace in the
+        # checkpoint; rebuilding one only sets attributes, so it is as safe as a dict.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
+        found = re.search(r"GLOBAL (\S+)", str(error))  # a class or function it would not run
+        if found:
+            raise ConfigError(
+                f"refused to load {path}: it pickles {found[1]}, and only tensors are unpickled "
+                "(anything else can run code); if it is a whole model saved with torch.save(model), "
+                "re-save it where you trust it as torch.save(model.state_dict(), PATH)"
+            ) from None
+        raise _corrupt(name, path, error) from None
+    # A cut or garbled file fails inside torch.load (its legacy pre-zip reader) with any of these.
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError,
+            TypeError, AttributeError, AssertionError, struct.error) as error:
+        raise _corrupt(name, path, error) from None
+    state = _state_dict_in(loaded)
+    if state is None:
+        found = (f"keys {', '.join(map(str, list(loaded)[:5]))}" if isinstance(loaded, dict)
+                 else f"a {type(loaded).__name__}")
         raise ConfigError(
-            f"refused to load {path}: it is not a plain tensor file ({first_line}); only "
-            "state dicts saved with torch.save(model.state_dict()) are loaded"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise ConfigError(
-            f"weights file {path} is truncated or corrupt ({type(error).__name__}); "
-            f"fetch it again with `joulebench fetch weights --model {name}` or `dvc pull`"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"weights file {path} does not hold a state dict of tensors")
+            f"weights file {path} holds no state dict of tensors (found {found}; looked under "
+            f"{', '.join(CHECKPOINT_KEYS)}); save one with torch.save(model.state_dict(), PATH), "
+            "or pass --weights none"
+        )
     return state
+
+
+def _corrupt(name: str, path: Path, error: BaseException) -> ConfigError:
+    return ConfigError(
+        f"weights file {path} is truncated or corrupt ({type(error).__name__}); "
+        f"fetch it again with `joulebench fetch weights --model {name}` or `dvc pull`"
+    )
+
+
+# Where training scripts put the state dict in a checkpoint: torchvision's references ("model",
+# beside "optimizer", "epoch", "args"), Lightning ("state_dict"), PyTorch's tutorials.
+CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+def _state_dict_in(loaded: object) -> dict[str, torch.Tensor] | None:
+    """``loaded`` itself if it is a state dict, else the one a checkpoint holds, else None."""
+    candidates = [loaded] + [loaded.get(key) for key in CHECKPOINT_KEYS if isinstance(loaded, dict)]
+    return next((c for c in candidates if isinstance(c, dict) and all(
+        isinstance(v, torch.Tensor) for v in c.values())), None)
+
+
+# How to get a state dict out of a file in another format (``{}``: the Python that reads it).
+CONVERT = "convert it in Python: torch.save({}, 'weights.pth') and pass --weights weights.pth"
+
+
+def check_format(path: Path) -> None:
+    """ConfigError naming the format of a file torch.save did not write, judged by its content.
+
+    torch.load would call a safetensors or TorchScript file "truncated or corrupt", and fail on
+    others with its own advice to load them unsafely (or a bare KeyError).
+    """
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if not head or head.startswith(b"\x80"):  # empty (torch.load says truncated) or a legacy pickle
+        return
+    if head.startswith(b"PK\x03\x04"):
+        return _check_zip(path)
+    size = int.from_bytes(head[:8], "little")  # safetensors: u64 header length, then JSON
+    if head[8:9] == b"{" and size <= path.stat().st_size - 8:
+        raise ConfigError(
+            f"weights file {path} is a safetensors file, not a torch.save state dict; "
+            + CONVERT.format(f"safetensors.torch.load_file({str(path)!r})")
+        )
+    if head.startswith(b"\x08"):  # protobuf field 1, a varint: ONNX's ir_version
+        raise _not_torch(path, "an ONNX model, which holds no PyTorch state dict")
+    raise _not_torch(path, f"not a file torch.save wrote (it starts with {head[:8]!r})")
+
+
+def _check_zip(path: Path) -> None:
+    """torch.save's zip holds ``*/data.pkl``; torch.jit.save's adds ``*/constants.pkl`` and code."""
+    names = _zip_names(path)
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        raise ConfigError(
+            f"weights file {path} is a TorchScript archive (torch.jit.save), not a state dict; "
+            + CONVERT.format(f"torch.jit.load({str(path)!r}).state_dict()")
+            + " (only if you trust the file: loading it runs its code)"
+        )
+    if names and not any(n.endswith("/data.pkl") for n in names):  # .npz, .keras, a zipped folder
+        raise _not_torch(path, f"a zip archive without data.pkl ({names[0]}, …)")
+    # Otherwise torch.save's zip; a cut one lists no names and torch.load calls it truncated.
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _not_torch(path: Path, what: str) -> ConfigError:
+    return ConfigError(
+        f"weights file {path} is {what}; pass a state dict saved from the PyTorch model with "
+        "torch.save(model.state_dict(), PATH), or --weights none"
+    )
 
 
 def check_architecture(
     name: str, path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
 ) -> None:
-    """ConfigError naming the first key or shape by which ``state`` is not ``name``'s."""
+    """ConfigError naming the first key, shape or dtype by which ``state`` is not ``name``'s."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -213,6 +305,24 @@ def check_architecture(
             f"weights file {path} is not for {name} ({problem}); pass the file saved from "
             f"torchvision's {name}, or --weights none"
         )
+    # load_state_dict casts silently: int8 weights would load as garbage floats and still train.
+    wrong_kind = [k for k in expected if _kind(state[k].dtype) != _kind(expected[k].dtype)]
+    if wrong_kind:
+        key, kind = wrong_kind[0], _kind(expected[wrong_kind[0]].dtype)
+        raise ConfigError(
+            f"weights file {path} holds {key} as {state[key].dtype}, {name} needs {kind} values "
+            f"there (a quantised or cast export?); pass the {kind} state dict saved before "
+            "casting, torch.save(model.state_dict(), PATH), or --weights none"
+        )
+
+
+def _kind(dtype: torch.dtype) -> str:
+    """A dtype's kind: a float16 → float32 load is exact, an int8 → float32 one is not."""
+    if dtype == torch.bool:
+        return "boolean"
+    if dtype.is_complex:
+        return "complex"
+    return "floating-point" if dtype.is_floating_point else "integer"
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:
