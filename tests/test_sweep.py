@@ -203,6 +203,50 @@ def test_killed_sweep_resumes_without_rerunning_finished_combinations(workdir):
     assert len(logs) >= 2 and all(path.endswith(".log") for path in logs)
 
 
+# --------------------------------------------------------------------------- one sweep per grid
+
+def test_two_identical_sweeps_started_together_run_each_cell_once(workdir):
+    """Was: both found every cell unfinished and ran each twice at once on one device."""
+    args = ["sweep", "--models", "tinynet", "--methods", "baseline", *QUICK, "--quiet"]
+    executable = str(Path(sys.executable).with_name("joulebench"))
+    both = [subprocess.Popen([executable, *args], cwd=workdir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted(((p.wait(timeout=300), *p.communicate()) for p in both), key=lambda r: r[0])
+    (done, _, _), (refused, _, said) = results
+    assert (done, refused) == (0, 75), results
+    assert len(said.strip().splitlines()) == 1 and "the same sweep (grid " in said, said
+    assert "is already running on this host (process " in said
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("joulebench").experiment_id
+    assert [r.info.status for r in client.search_runs([experiment], "tags.run_kind = 'sweep'")] == ["FINISHED"]
+    assert len(finished_children(workdir / "mlflow.db")) == 1
+    assert len(client.search_runs([experiment])) == 2  # the parent and its one cell: nothing twice
+
+
+def test_a_grids_lock_dies_with_its_holder_and_is_its_grids_alone(tmp_path):
+    from joulebench.errors import EnvironmentFault
+    from joulebench.sweep.lock import hold_grid
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from joulebench.sweep.lock import hold_grid\n"
+        f"with hold_grid('sqlite:///{tmp_path}/x.db', '1', 'abc'):\n"
+        "    print('held', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(EnvironmentFault, match=f"already running on this host \\(process {holder.pid}\\)"):
+            with hold_grid(f"sqlite:///{tmp_path}/x.db", "1", "abc"):
+                pass
+        with hold_grid(f"sqlite:///{tmp_path}/x.db", "1", "another grid"):
+            pass
+        with hold_grid(f"sqlite:///{tmp_path}/y.db", "1", "abc"):  # the same grid in another store
+            pass
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs
+        holder.wait()
+    with hold_grid(f"sqlite:///{tmp_path}/x.db", "1", "abc"):
+        pass
+
+
 # --------------------------------------------------------------------------- one child per GPU
 
 RECORD_CHILD = """

@@ -34,6 +34,7 @@ from joulebench.sweep.kubernetes import (
     KUBERNETES_ENTRY_POINT, KubernetesRunner, check_job_template, load_backend_config,
 )
 from joulebench.sweep.local import LocalRunner
+from joulebench.sweep.lock import hold_grid
 from joulebench.sweep.placement import Placement, pinned_device_ids, place
 from joulebench.sweep.progress import Outcome, Progress
 
@@ -96,42 +97,44 @@ def run_sweep(
         for combination in combinations:
             check_dataset_location(combination.config.dataset, combination.config.data_dir)
     experiment = options["experiment"]
-    _refuse_live_cells(tracking.use_store(experiment), combinations)
-    parent = tracking.open_sweep_run(
-        experiment, sweep_hash(combinations), grid_table(combinations), force=force,
-        params={"models": ",".join(model_list), "methods": ",".join(method_list), "repeats": repeats,
-                "method_params": " ".join(params) or "defaults", "combinations": len(combinations)},
-        tags={"sweep.backend": backend, "sweep.gpus": gpus or "none"},
-    )
-    finished = set() if force else tracking.finished_config_hashes(parent.experiment_id)
-    todo = [c for c in combinations if c.config_hash not in finished]
-    skipped = len(combinations) - len(todo)
-    bars = progress and sys.stderr.isatty()
-    with TemporaryDirectory(prefix="joulebench-sweep-") as scratch:
-        cluster = placement.kubernetes
-        runner = (
-            KubernetesRunner(cluster.config, cluster.project_dir, parent.run_id, parent.experiment_id)
-            if cluster else LocalRunner(placement.slots, parent.run_id, Path(scratch))
+    experiment_id = tracking.use_store(experiment)
+    with hold_grid(tracking.tracking_uri(), experiment_id, sweep_hash(combinations)):
+        _refuse_live_cells(experiment_id, combinations)
+        parent = tracking.open_sweep_run(
+            experiment, sweep_hash(combinations), grid_table(combinations), force=force,
+            params={"models": ",".join(model_list), "methods": ",".join(method_list), "repeats": repeats,
+                    "method_params": " ".join(params) or "defaults", "combinations": len(combinations)},
+            tags={"sweep.backend": backend, "sweep.gpus": gpus or "none"},
         )
-        display = Progress(len(combinations), skipped, 0 if cluster else len(placement.slots), bars)
-        status = "FAILED"
-        try:
-            outcomes = runner.run(todo, display)
-            rejected = [outcome for outcome in outcomes if outcome.rejected_input]
-            if rejected:
-                status = "FAILED"
-                raise ConfigError(
-                    f"{rejected[0].combination.label} rejected its input ({rejected[0].detail}); "
-                    "fix it and run the same sweep again: finished combinations are kept"
-                )
-            status = "FINISHED" if all(outcome.ok for outcome in outcomes) else "FAILED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            display.close()
-            tracking.end_sweep_run(parent.run_id, status, Path(scratch))
-    return SweepSummary(parent.run_id, parent.resumed, len(combinations), skipped, outcomes)
+        finished = set() if force else tracking.finished_config_hashes(parent.experiment_id)
+        todo = [c for c in combinations if c.config_hash not in finished]
+        skipped = len(combinations) - len(todo)
+        bars = progress and sys.stderr.isatty()
+        with TemporaryDirectory(prefix="joulebench-sweep-") as scratch:
+            cluster = placement.kubernetes
+            runner = (
+                KubernetesRunner(cluster.config, cluster.project_dir, parent.run_id, parent.experiment_id)
+                if cluster else LocalRunner(placement.slots, parent.run_id, Path(scratch))
+            )
+            display = Progress(len(combinations), skipped, 0 if cluster else len(placement.slots), bars)
+            status = "FAILED"
+            try:
+                outcomes = runner.run(todo, display)
+                rejected = [outcome for outcome in outcomes if outcome.rejected_input]
+                if rejected:
+                    status = "FAILED"
+                    raise ConfigError(
+                        f"{rejected[0].combination.label} rejected its input ({rejected[0].detail}); "
+                        "fix it and run the same sweep again: finished combinations are kept"
+                    )
+                status = "FINISHED" if all(outcome.ok for outcome in outcomes) else "FAILED"
+            except KeyboardInterrupt:
+                status = "KILLED"
+                raise
+            finally:
+                display.close()
+                tracking.end_sweep_run(parent.run_id, status, Path(scratch))
+        return SweepSummary(parent.run_id, parent.resumed, len(combinations), skipped, outcomes)
 
 
 def _refuse_live_cells(experiment_id: str, combinations: list[Combination]) -> None:
