@@ -1,5 +1,6 @@
 """Datasets: the embedded digits (shapes, labels, split, determinism), image folders, errors."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,8 @@ def test_missing_dataset_directories(tmp_path):
         load_dataset("cifar10", tmp_path, 32, 0)
     with pytest.raises(ConfigError, match="not found"):
         load_dataset(f"imagefolder:{tmp_path / 'nope'}", tmp_path, 32, 0)
+    with pytest.raises(ConfigError, match="/dev/null is a file, not a directory"):
+        load_dataset("imagefolder:/dev/null", tmp_path, 32, 0)
 
 
 def test_unknown_dataset_lists_accepted():
@@ -180,10 +183,12 @@ def test_every_image_is_decoded_up_front_a_truncated_one_is_left_out_with_why(tm
     (tmp_path / "cat" / "cut.jpg").write_bytes(data[: len(data) // 2])
     (tmp_path / "dog" / "gone.png").symlink_to(tmp_path / "absent.png")
     Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "dog" / "float.tiff")
+    os.mkfifo(tmp_path / "dog" / "pipe.png")  # opening it to read would wait for a writer for ever
     splits = _load(tmp_path)
     assert [entry.split(": ", 1)[0].rsplit("/", 2)[-2:] for entry in splits.skipped] == [
-        ["cat", "cut.jpg"], ["dog", "float.tiff"], ["dog", "gone.png"]]
+        ["cat", "cut.jpg"], ["dog", "float.tiff"], ["dog", "gone.png"], ["dog", "pipe.png"]]
     assert "truncated" in splits.skipped[0] and "does not exist" in splits.skipped[2]
+    assert splits.skipped[3].endswith("pipe.png: not a regular file")
     assert "mode F" in splits.skipped[1]
     assert len(splits.train) + len(splits.val) == 11
     for index in range(len(splits.train)):  # every image left in decodes

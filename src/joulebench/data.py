@@ -133,7 +133,7 @@ def check_dataset_location(spec: str, data_dir: Path) -> None:
         raise _missing(data_dir / "cifar10", "cifar10")
     if spec.startswith("imagefolder:"):
         root = Path(spec.removeprefix("imagefolder:"))
-        if root.is_file():
+        if root.exists() and not root.is_dir():
             raise ConfigError(f"imagefolder:{root} is a file, not a directory; {IMAGE_FOLDER_LAYOUT}")
         if not root.is_dir():
             raise _missing(root, "imagenette")

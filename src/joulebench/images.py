@@ -159,6 +159,8 @@ def decode_problem(path: str) -> str | None:
     last row.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read for ever
+            return "not a regular file"
         with Image.open(path) as image:
             # JPEG: decode at 1/8 scale, a third faster; every byte of the stream is still read,
             # so truncation is still found. Other formats ignore the draft.
