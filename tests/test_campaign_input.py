@@ -8,6 +8,7 @@ traceback, no run left RUNNING, nothing half-written. An environment fault → e
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,7 +135,14 @@ CASES = [
          "methods.stego in p.yaml must map parameter names", setup=_params("methods: {stego: [16]}\n")),
     Case("params-file-not-yaml", train("--params-file", "p.yaml"), 2, "cannot be read as YAML",
          setup=_params("a: [unclosed\n")),
-    Case("params-file-missing", train("--params-file", "absent.yaml"), 2, "cannot be read as YAML"),
+    Case("params-file-missing", train("--params-file", "absent.yaml"), 2, "--params-file absent.yaml does not exist"),
+    Case("params-file-a-fifo", train("--params-file", "p.yaml"), 2, "p.yaml is not a regular file (a pipe",
+         setup=lambda d: os.mkfifo(d / "p.yaml")),  # was: read for ever
+    Case("params-file-endless", train("--params-file", "/dev/zero"), 2, "/dev/zero is not a regular file"),
+    Case("params-file-huge", train("--params-file", "p.yaml"), 2, "holds 17825792 bytes, more than an input file",
+         setup=lambda d: (d / "p.yaml").write_bytes(b"#" * 17 * 2**20)),
+    Case("weights-a-fifo", ["train", *QUICK[:1], "resnet18", "--weights", "w.pth", "--quiet"], 2,
+         "weights file w.pth is not a regular file", setup=lambda d: os.mkfifo(d / "w.pth")),
     Case("imagefolder-a-file", train("--dataset", "imagefolder:data"), 2, "is a file, not a directory",
          setup=_a_file),
     Case("imagefolder-missing", train("--dataset", "imagefolder:absent"), 2, "dataset directory absent not found"),

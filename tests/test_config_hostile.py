@@ -28,7 +28,8 @@ HOSTILE_TEXT = (
 
 
 def hostile_paths(folder: Path) -> tuple[str, ...]:
-    """Paths that are missing, a file for a folder and the reverse, a loop, unreadable, not UTF-8."""
+    """Paths that are missing, a file for a folder and the reverse, a loop, unreadable, not UTF-8,
+    a FIFO and an endless device."""
     (folder / "a-file").write_text("x")
     (folder / "a-folder").mkdir()
     (folder / "loop").symlink_to(folder / "loop")
@@ -39,9 +40,10 @@ def hostile_paths(folder: Path) -> tuple[str, ...]:
     levels = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
     (folder / "alias-bomb.yaml").write_text("\n".join(levels) + "\nmethods: {stego: {bits: *l8}}\n")
+    os.mkfifo(folder / "a-fifo")  # a reader waits for a writer for ever
     names = ("missing/x", "a-file", "a-file/under", "a-folder", "loop", "loop/x", "locked/x", "bad.yaml",
-             "alias-bomb.yaml")
-    return tuple(str(folder / name) for name in names) + (os.fsdecode(str(folder).encode() + b"/\xff"),)
+             "alias-bomb.yaml", "a-fifo")
+    return tuple(str(folder / name) for name in names) + (os.fsdecode(str(folder).encode() + b"/\xff"), "/dev/zero")
 
 
 def cases(folder: Path):

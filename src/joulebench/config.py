@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -225,6 +226,40 @@ def _require_utf8(flag: str, text: str, fix: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ConfigError(f"{flag} {text!r} is not UTF-8 (MLflow records it); {fix}") from None
+
+
+# Input files a user names (a params file, a backend config, a job template, a run record) are
+# kilobytes; the cap keeps /dev/zero or a wrong multi-gigabyte file from filling the memory.
+INPUT_FILE_LIMIT = 16 * 2**20
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, or None: missing, a folder, or not a regular file
+    (a FIFO blocks a reader for ever, a device never ends)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be reached ({error.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    return None if stat.S_ISREG(mode) else "is not a regular file (a pipe or a device)"
+
+
+def read_input_file(flag: str, path: Path, fix: str) -> str:
+    """The UTF-8 text of an input file the user named, or one ConfigError line ending in ``fix``."""
+    problem = file_problem(path)
+    if problem is None and path.stat().st_size > INPUT_FILE_LIMIT:
+        problem = f"holds {path.stat().st_size} bytes, more than an input file of {INPUT_FILE_LIMIT // 2**20} MiB"
+    if problem is None:
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text"
+        except OSError as error:
+            problem = f"cannot be read ({error.strerror})"
+    raise ConfigError(f"{flag} {path} {problem}; {fix}")
 
 
 NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits, the same on every filesystem it mounts for us
@@ -475,13 +510,12 @@ def method_params_from_file(path: Path, method: str) -> tuple[str, ...]:
     """``key=value`` pairs from the ``methods.<method>`` mapping of a YAML file (DVC's params.yaml)."""
     import yaml
 
+    fix = "pass a readable YAML file such as the project's params.yaml"
+    text = read_input_file("--params-file", path, fix)
     try:
-        document = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(
-            f"--params-file {path} cannot be read as YAML ({type(error).__name__}); pass a readable "
-            "YAML file such as the project's params.yaml"
-        ) from None
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--params-file {path} cannot be read as YAML ({type(error).__name__}); {fix}") from None
     if not isinstance(document, dict) or not isinstance(document.get("methods", {}), dict):
         raise ConfigError(
             f"--params-file {path} must be a YAML mapping with a methods mapping, e.g. "

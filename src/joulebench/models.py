@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+from joulebench.config import file_problem
 from joulebench.errors import ConfigError
 
 # The paper's nine models, smallest to largest (parameters with the 1000-class ImageNet head).
@@ -171,9 +172,12 @@ def _architecture(name: str) -> nn.Module:
 
 def load_state_dict(name: str, path: Path, check_hash: bool) -> dict[str, torch.Tensor]:
     """Read a weights file safely (no code runs); ConfigError says what is wrong with it."""
-    if path.is_dir():
+    problem = file_problem(path)
+    if problem == "is a directory":
         raise ConfigError(f"weights file {path} is a directory; pass the .pth file inside it, or --weights none")
-    if not path.is_file():
+    if problem and problem != "does not exist":
+        raise ConfigError(f"weights file {path} {problem}; pass a .pth file saved by torch.save, or --weights none")
+    if problem:
         raise ConfigError(
             f"weights file {path} not found; run `dvc pull {path}` or "
             f"`joulebench fetch weights --model {name}`, or pass --weights none"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from joulebench import names, tracking
+from joulebench.config import read_input_file
 from joulebench.errors import ConfigError, nearest_existing, why_unwritable
 from joulebench.report.plots import PLOTS, pareto_front
 from joulebench.report.render import format_number, write_report
@@ -79,11 +80,12 @@ def recorded_config_hashes(directory: Path) -> set[str]:
     records = sorted(directory.rglob("run.json")) if directory.is_dir() else []
     hashes = set()
     for path in records:
+        fix = "rerun that train stage (dvc repro) to rewrite it"
         try:
-            hashes.add(str(json.loads(path.read_text())[names.CONFIG_HASH]))
+            hashes.add(str(json.loads(read_input_file("run record", path, fix))[names.CONFIG_HASH]))
         except (ValueError, KeyError, TypeError) as error:
             raise ConfigError(f"{path} is not a run record of `joulebench train --run-json` ({error!r}); "
-                              "rerun that train stage (dvc repro) to rewrite it") from None
+                              f"{fix}") from None
     if not hashes:
         raise ConfigError(f"--runs-from {directory}: no run.json there; it is written by "
                           "`joulebench train --run-json PATH` (DVC's train stages do: run `dvc repro`)")

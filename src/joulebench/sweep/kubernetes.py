@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import yaml
 
 from joulebench import tracking
+from joulebench.config import read_input_file
 from joulebench.errors import ConfigError
 from joulebench.sweep.grid import Combination
 from joulebench.sweep.progress import Outcome, Progress
@@ -39,12 +40,9 @@ def load_backend_config(path: Path) -> tuple[dict[str, Any], Path]:
     The folder is the unit: its ``MLproject`` is what runs in the pods, and a relative
     ``kube-job-template-path`` is taken relative to it (MLflow would take the cwd).
     """
-    if not path.is_file():
-        raise ConfigError(
-            f"--backend-config {path} does not exist; copy deploy/kubernetes/backend-config.json and edit it"
-        )
+    text = read_input_file("--backend-config", path, "copy deploy/kubernetes/backend-config.json and edit it")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"--backend-config {path} is not valid JSON ({error}); see deploy/kubernetes/backend-config.json"
@@ -69,13 +67,10 @@ def load_backend_config(path: Path) -> tuple[dict[str, Any], Path]:
 def check_job_template(path: Path) -> None:
     """The Job template, with the keys MLflow fills in (it raises KeyError deep inside otherwise)."""
     where = f"job template {path}"
-    if not path.is_file():
-        raise ConfigError(
-            f"{where} does not exist; set kube-job-template-path to "
-            "deploy/kubernetes/job-template.yaml or a copy of it"
-        )
+    text = read_input_file("job template", path, "set kube-job-template-path to "
+                           "deploy/kubernetes/job-template.yaml or a copy of it")
     try:
-        job = yaml.safe_load(path.read_text())
+        job = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{where} is not valid YAML ({str(error).splitlines()[0]})") from None
     problems = []
