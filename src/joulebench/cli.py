@@ -19,7 +19,7 @@ from joulebench.config import (
     CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, RunConfig, make_config, option_fields,
     resolve_device,
 )
-from joulebench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, JoulebenchError
+from joulebench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, JoulebenchError, disk_full
 from joulebench.signals import die_with_sweep, handle_stop_signals
 
 
@@ -259,10 +259,12 @@ def fetch_weights_command(model: str, to: Path, mirror: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: an expected failure is one line and its exit code (bad input 2, environment
-    75), interruption exit 130; anything else is a bug and keeps its traceback."""
+    75, a full filesystem included, wherever it is met), interruption exit 130; anything else is a
+    bug and keeps its traceback."""
     handle_stop_signals()
     die_with_sweep()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep the summary readable
+    # (and a full disk's log records are dropped where MLflow makes its handlers: tracking/__init__.py)
     try:
         cli.main(args=argv, prog_name="joulebench", standalone_mode=False)
     except JoulebenchError as error:
@@ -274,7 +276,13 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("joulebench: interrupted; the MLflow run (if one started) is marked KILLED", err=True)
         _close_launched_run("KILLED", "interrupted")
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as error:  # a bug: its traceback follows, and `mlflow run`'s run is not left open
+    except Exception as error:
+        if disk_full(error) is not None:  # a full filesystem outside a run (whose own line says how it ended)
+            from joulebench.tracking.store import full_disk
+
+            fault = full_disk(disk_full(error))
+            _fail(str(fault), fault.exit_code)
+        # a bug: its traceback follows, and `mlflow run`'s run is not left open
         _close_launched_run("FAILED", f"{type(error).__name__}: {error}")
         raise
 

@@ -17,11 +17,14 @@ from joulebench.tracking.read import (
 from joulebench.tracking.runs import (
     Recorder, close_launched_run, config_params, environment_tags, recorded_run, resend,
 )
-from joulebench.tracking.store import DEFAULT_TRACKING_URI, tracking_uri, ui_command, use_store
+from joulebench.tracking.store import DEFAULT_TRACKING_URI, quiet_full_disk_logs, tracking_uri, ui_command, use_store
 from joulebench.tracking.sweeps import (
     LiveRun, SweepRun, adopt_child, child_epochs_done, close_child_run, close_if_open, end_sweep_run,
     finished_config_hashes, open_sweep_run, reclaim_running,
 )
+
+# MLflow's log handlers exist now (made on its import): a full disk's records stay off stderr.
+quiet_full_disk_logs()
 
 __all__ = [
     "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "LiveRun", "MeasuredRuns", "REPORT_EXPERIMENT", "Recorder",

@@ -7,11 +7,13 @@ active run, so nothing here depends on which run another part of the process sta
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,10 +35,10 @@ from mlflow.utils.time import get_current_time_millis
 
 from joulebench import names
 from joulebench.config import RunConfig
-from joulebench.errors import ConfigError, EnvironmentFault, first_line
-from joulebench.tracking.outbox import STORE_FAILURES, Call, Outbox, is_permanent, load, send
+from joulebench.errors import ConfigError, EnvironmentFault, disk_full, first_line
+from joulebench.tracking.outbox import OUTBOX_ROOT, STORE_FAILURES, Call, Outbox, is_permanent, load, send
 from joulebench.tracking.process import process_tags
-from joulebench.tracking.store import answers, client, tracking_uri, use_store
+from joulebench.tracking.store import answers, client, full_disk, tracking_uri, use_store
 
 # Why a command ended its `mlflow run` run FAILED (its one-line error).
 FAILURE_TAG = "joulebench.error"
@@ -213,6 +215,8 @@ class Recorder:
         try:
             perform()
         except (*STORE_FAILURES, UnicodeError) as error:
+            if disk_full(error):  # no outage: the run stops here, and recorded_run ends it FAILED
+                raise
             if is_permanent(error):  # not an outage: keeping it would strand the run RUNNING
                 raise ConfigError(
                     f"the MLflow store {tracking_uri()} refuses this run's {kept().name} for good "
@@ -226,9 +230,42 @@ class Recorder:
             return False
         try:
             self.outbox.flush(self.store)
-        except STORE_FAILURES:
+        except STORE_FAILURES as error:
+            if disk_full(error):
+                raise
             return False
         return True
+
+    def full_disk(self, cause: BaseException, status: str, closed: bool) -> EnvironmentFault:
+        """The one line of a full filesystem that stopped this run, with how the run ended: closed
+        ``status``, or (the store had no room for that) left RUNNING with its end kept in the
+        outbox for ``joulebench resend``, or, where the outbox had no room either, just RUNNING."""
+        if closed:
+            outcome = f"run {self.run_id} ended {status}"
+        elif any(call.name == "set_terminated" for call in self.outbox.calls):  # kept by end()
+            outcome = self._left_running_for_resend()
+        else:
+            had_calls = self.outbox.pending
+            try:
+                self.outbox.keep(Call("set_terminated", {"status": status, "end_time": get_current_time_millis()},
+                                      []), None)
+                outcome = self._left_running_for_resend()
+            except OSError:
+                if not had_calls:  # no half-written folder for `resend` to trip on
+                    shutil.rmtree(self.outbox.folder, ignore_errors=True)
+                    with contextlib.suppress(OSError):  # nor an empty root, unless other runs' calls wait there
+                        self.outbox.folder.parent.rmdir()
+                outcome = (f"run {self.run_id} stays RUNNING: neither the store nor {OUTBOX_ROOT}/ had room to "
+                           f"record its end (`mlflow runs delete --run-id {self.run_id}` removes it)")
+        try:
+            artifacts = self.store.get_run(self.run_id).info.artifact_uri
+        except Exception:  # noqa: BLE001 - the line names the fullest of the other places then
+            artifacts = None
+        return full_disk(cause, outcome, artifacts, self.outbox.folder)
+
+    def _left_running_for_resend(self) -> str:
+        return (f"run {self.run_id} is left RUNNING, its end kept in {self.outbox.folder}: "
+                f"`joulebench resend {self.outbox.folder}` records it once there is room")
 
 
 def log_pytorch_model(run_id: str, experiment_id: str, model: torch.nn.Module, example: torch.Tensor) -> None:
@@ -357,9 +394,15 @@ def recorded_run(
         raise
     finally:
         system_metrics.finish()
-        ending = sys.exc_info()[1] is not None
+        ending = sys.exc_info()[1]
+        full = disk_full(ending)  # a full filesystem, wherever the run met it: one EnvironmentFault line
         try:
             recorder.end(RunStatus.to_string(status))
-        except EnvironmentFault:
-            if not ending:  # the error that ended the run is the one to report
-                raise
+        except Exception as failure:
+            full = full or disk_full(failure)
+            if full is not None:
+                raise recorder.full_disk(full, RunStatus.to_string(status), closed=False) from None
+            if ending is None or not isinstance(failure, EnvironmentFault):
+                raise  # else the error that ended the run is the one to report
+        if full is not None:
+            raise recorder.full_disk(full, RunStatus.to_string(status), closed=True) from None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,10 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from joulebench import names
-from joulebench.errors import ConfigError, EnvironmentFault, first_line, nearest_existing, why_unwritable
+from joulebench.errors import (
+    ConfigError, EnvironmentFault, disk_full, disk_full_line, first_line, full_disk_fault, nearest_existing,
+    says_disk_full, why_unwritable,
+)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Where `mlflow run` mounts a local store in its container (mlflow.projects.docker): no path on the host.
@@ -141,6 +146,8 @@ def use_store(experiment: str) -> str:
         if found.lifecycle_stage != "deleted":
             show_comparison(store, found.experiment_id)
     except Exception as error:  # any failure here means the store is unusable
+        if disk_full(error):
+            raise full_disk(disk_full(error)) from None
         raise EnvironmentFault(
             f"cannot use the MLflow store {uri} ({first_line(error, 200)}); set MLFLOW_TRACKING_URI to a "
             "writable sqlite:///PATH or a running server's http://HOST:PORT"
@@ -165,14 +172,20 @@ def _check_artifact_folder(location: str) -> None:
                           "MLFLOW_TRACKING_URI to another store")
 
 
-def _check_local_path_writable(uri: str) -> None:
+def _local_store_path(uri: str) -> Path | None:
+    """The file (sqlite) or folder (file store) of a local store; None for a server's."""
     if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-    elif uri.startswith("file:"):
-        path = Path(uri.removeprefix("file://").removeprefix("file:"))
-    elif "://" not in uri:
-        path = Path(uri)
-    else:
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file://").removeprefix("file:"))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def _check_local_path_writable(uri: str) -> None:
+    path = _local_store_path(uri)
+    if path is None:
         return
     sqlite = uri.startswith("sqlite:")
     if path.is_dir() if sqlite else path.is_file():  # SQLite wants a file, the file store a folder
@@ -188,6 +201,62 @@ def _check_local_path_writable(uri: str) -> None:
             f"the MLflow store {uri} is not writable: {reason}; run as a user who may write it "
             "(its owner), or set MLFLOW_TRACKING_URI=sqlite:///WRITABLE/mlflow.db"
         )
+
+
+def full_disk(cause: BaseException, outcome: str = "", artifacts: str | None = None,
+              outbox: Path | None = None) -> EnvironmentFault:
+    """The one line for a full filesystem (``errors.disk_full``), wherever a command met it: among
+    the places a run writes to (the store, the run's artifacts, ``outbox``, the temporary folder, the
+    working folder), the one with the fewest bytes free; ``outcome`` says what became of the run.
+    A server's own full disk reaches here as its text only: the line names the server."""
+    uri = tracking_uri()
+    if is_server(uri) and not isinstance(cause, OSError):
+        return EnvironmentFault(f"the MLflow server {uri} has no space left: {disk_full_line(cause)}"
+                                f"{'; ' + outcome if outcome else ''}; free space on the server's disk, then run again")
+    places = []
+    store = _local_store_path(uri)
+    if store is not None:
+        places.append(("the MLflow store", store, "set MLFLOW_TRACKING_URI=sqlite:///PATH on a disk with room"))
+    if artifacts and ("://" not in artifacts or artifacts.startswith("file:")):
+        places.append(("the run's artifacts", Path(artifacts.removeprefix("file://").removeprefix("file:")),
+                       "use a new --experiment made from a folder with room (its artifacts go to mlruns/ there)"))
+    if outbox is not None:
+        places.append(("the calls kept for `joulebench resend`", outbox, "run from a folder on a disk with room"))
+    places += [("the temporary folder", Path(tempfile.gettempdir()), "set TMPDIR to a folder with room"),
+               ("the working folder", Path.cwd(), "run from a folder on a disk with room")]
+    return full_disk_fault(cause, places, outcome)
+
+
+class FullDiskNoise(logging.Filter):
+    """Drops a log record that is about a full filesystem: its exception or its text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is not this filter's to judge
+            return True
+        return disk_full(record.exc_info[1] if record.exc_info else None) is None and not says_disk_full(message)
+
+
+def quiet_full_disk_logs() -> None:
+    """Keep a full filesystem's log records off stderr: joulebench reports it in one line.
+
+    On a full disk MLflow logs every failed store call before raising it, traceback and all
+    (``mlflow.store.db.utils``: "SQLAlchemy database error", about 80 lines a call), and its
+    system-metrics thread may warn as well: a run that failed after a dozen calls printed 1,463 lines
+    above the one that says what to do. Every such call's error also reaches joulebench, which ends
+    the run and prints that line (``errors.disk_full``), so only these records are dropped: other
+    warnings of MLflow, SQLAlchemy and Alembic (a locked database, a slow migration, a deprecated
+    setting) are still shown, and nothing is lowered in level. The filter sits on the handler MLflow
+    gives its loggers on import (a filter on a logger would miss its children's records), and on
+    Python's last-resort handler, which prints what loggers without a handler log.
+    """
+    quiet = FullDiskNoise()
+    handlers = {handler for name in ("mlflow", "sqlalchemy", "sqlalchemy.engine", "alembic", "huey")
+                for handler in logging.getLogger(name).handlers}
+    for handler in [*handlers, logging.lastResort]:
+        if handler is not None and not any(isinstance(f, FullDiskNoise) for f in handler.filters):
+            handler.addFilter(quiet)
 
 
 def experiment_id(store: MlflowClient, experiment: str) -> str:
