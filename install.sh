@@ -2,12 +2,15 @@
 # Installs everything joulebench and its test suite need on a fresh Debian/Ubuntu machine:
 # a Python 3.11 virtualenv in .venv with the kit (torch==2.14.1, torchvision==0.29.1 pinned)
 # and, when run as root with apt-get, the system packages some tests drive (Chromium for the
-# MLflow UI test; the container engine and debootstrap for the container proof).
+# MLflow UI test; the container engine and debootstrap for the container proof; Slurm and munge
+# for the Slurm sweep tests).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON="${PYTHON:-python3.11}"
-SYSTEM_PACKAGES=(git chromium chromium-driver debootstrap)
+# slurm-wlm and munge: tests/support/slurm.py runs its own munged, slurmctld and slurmd from
+# temp folders for the `sweep --backend slurm` tests; any system-wide ones are left alone.
+SYSTEM_PACKAGES=(git chromium chromium-driver debootstrap slurm-wlm munge)
 # The container engine: Docker where its engine (dockerd) is installed; elsewhere podman, with
 # `docker` as podman itself (deploy/podman/docker) for `mlflow run` and the docs, set
 # up by deploy/podman/setup.sh below.
