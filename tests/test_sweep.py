@@ -58,7 +58,7 @@ def grid(models, methods, repeats, overrides=None, *args, run_device=None):
     options = sweep_options(*args)
     training = {k: v for k, v in options.items()
                 if k not in ("models", "methods", "repeats", "params", "gpus", "backend", "backend_config",
-                             "force", "quiet")}
+                             "force", "quiet") and not k.startswith("slurm_")}
     return expand_grid(models, methods, repeats, overrides or {}, training, run_device)
 
 

@@ -163,17 +163,30 @@ EXIT_RUNS_FAILED = 1  # the sweep went through, but some combinations failed (na
 @run_options(SWEEP)
 @click.option("--gpus", default=None, metavar="LIST",
               help="GPU indices, e.g. 0,1: one run per GPU at a time, each pinned with CUDA_VISIBLE_DEVICES.")
-@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "kubernetes"]),
-              help="local child processes, or MLflow Projects' Kubernetes backend.")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "kubernetes", "slurm"]),
+              help="local child processes, MLflow Projects' Kubernetes backend, or a Slurm job array.")
 @click.option("--backend-config", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Kubernetes backend config (JSON) beside its MLproject: see deploy/kubernetes/.")
+@click.option("--slurm-partition", default=None, metavar="NAME", help="Slurm: the partition (sbatch --partition).")
+@click.option("--slurm-account", default=None, metavar="NAME", help="Slurm: the account charged (sbatch --account).")
+@click.option("--slurm-time", default=None, metavar="TIME", help="Slurm: each cell's time limit (sbatch --time).")
+@click.option("--slurm-gpus-per-cell", default=None, metavar="N",
+              help="Slurm: GPUs per cell (--gres=gpu:N) [default: 1; 0 runs cells on CPUs].")
+@click.option("--slurm-share-node", is_flag=True,
+              help="Slurm: let cells share a node (each still its own GPUs) instead of --exclusive.")
+@click.option("--slurm-option", "slurm_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Slurm: any other sbatch option, as --KEY=VALUE (repeatable), e.g. qos=high.")
 @click.option("--force", is_flag=True, help="Rerun combinations that already FINISHED.")
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per finished combination).")
-def sweep(quiet: bool, **options: Any) -> None:
+def sweep(quiet: bool, slurm_partition: str | None, slurm_account: str | None, slurm_time: str | None,
+          slurm_gpus_per_cell: str | None, slurm_share_node: bool, slurm_pairs: tuple[str, ...],
+          **options: Any) -> None:
     """Run every model × method × repeat as its own MLflow run under one parent; resumable."""
-    from joulebench.sweep import run_sweep
+    from joulebench.sweep import make_slurm_options, run_sweep
 
-    summary = run_sweep(progress=not quiet, **options)
+    slurm = make_slurm_options(slurm_partition, slurm_account, slurm_time, slurm_gpus_per_cell,
+                               slurm_share_node, slurm_pairs)
+    summary = run_sweep(progress=not quiet, slurm=slurm, **options)
     click.echo("\n".join(summary.lines()))
     if summary.failed:
         sys.exit(EXIT_RUNS_FAILED)

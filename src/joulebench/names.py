@@ -33,6 +33,12 @@ SHORT_RUN = "short_run"  # value: why the run is too short to measure
 COMPUTE_EMULATED = "compute_emulated"  # value: why the hardware emulates the method's precision
 GPU_NAME = "gpu_name"
 HOST = "host"
+# Where Slurm ran a run (the run tags itself), and how Slurm ended it (the sweep tags it).
+SLURM_JOB_ID = "slurm.job_id"  # ARRAYJOB_TASK for an array task: the id scontrol and sacct show
+SLURM_NODE = "slurm.node"
+SLURM_GPUS = "slurm.gpus"
+SLURM_STATE = "slurm.state"
+SLURM_REASON = "slurm.reason"
 
 # Run params: a method's parameters are logged as ``method.KEY``.
 METHOD_PARAM_PREFIX = "method."

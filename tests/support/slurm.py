@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from joulebench.sweep.slurm import parse_record
+
 from . import free_port
 
 PARTITION = "debug"
@@ -87,20 +89,6 @@ class SlurmCluster:
             text = path.read_text(errors="replace") if path.exists() else "(no log)"
             parts.append(f"--- {name} ({path}) ---\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(parts)
-
-
-def parse_record(line: str) -> dict[str, str]:
-    """``Key=Value Key=Value`` as scontrol --oneliner prints; a word without '=' belongs to the
-    value before it (a Reason or Command with spaces)."""
-    record: dict[str, str] = {}
-    key = None
-    for word in line.split():
-        name, sep, value = word.partition("=")
-        if sep and name:
-            key, record[name] = name, value
-        elif key is not None:
-            record[key] += " " + word
-    return record
 
 
 @contextmanager

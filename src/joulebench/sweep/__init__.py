@@ -8,10 +8,12 @@ run. That makes the rest simple:
 - ``--gpus 0,1``: one child per GPU at a time, pinned with ``CUDA_VISIBLE_DEVICES``, so two
   measured runs never share a device and each child's meters see only its own GPU;
 - ``--backend kubernetes``: the same combinations are submitted as MLflow Project runs (the
-  project in the backend config's folder, ``deploy/kubernetes/`` as shipped) and waited on.
+  project in the backend config's folder, ``deploy/kubernetes/`` as shipped) and waited on;
+- ``--backend slurm``: they are submitted as one Slurm job array, a task per combination.
 
 The parts: ``grid`` (the combinations and their hashes), ``placement`` (where children run),
-``progress`` (bars and lines), ``local`` and ``kubernetes`` (the two runners).
+``progress`` (bars and lines), ``lock`` (one sweep per grid), ``local``, ``kubernetes`` and
+``slurm`` (the runners).
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ from joulebench.sweep.local import LocalRunner
 from joulebench.sweep.lock import hold_grid
 from joulebench.sweep.placement import Placement, pinned_device_ids, place
 from joulebench.sweep.progress import Outcome, Progress
+from joulebench.sweep.slurm import SLURM_LOG_FOLDER, SlurmOptions, SlurmRunner, make_slurm_options
 
 __all__ = [
     "KUBERNETES_ENTRY_POINT", "Combination", "KubernetesRunner", "LocalRunner", "Outcome", "Placement",
     "Progress", "SweepSummary", "check_job_template", "expand_grid", "grid_table", "load_backend_config",
-    "parse_method_overrides", "pinned_device_ids", "run_sweep", "sweep_hash",
+    "SlurmOptions", "SlurmRunner", "make_slurm_options", "parse_method_overrides", "pinned_device_ids", "run_sweep",
+    "sweep_hash",
 ]
 
 
@@ -82,18 +86,19 @@ def run_sweep(
     backend_config: Path | None,
     force: bool,
     progress: bool,
+    slurm: SlurmOptions | None = None,
     **options: Any,
 ) -> SweepSummary:
     """Validate everything, open (or resume) the parent run, run what is not finished yet."""
     model_list = parse_names(models, "--models", PAPER_MODELS)
     method_list = parse_names(methods, "--methods", method_names())
     overrides = parse_method_overrides(params, method_list)
-    placement = place(gpus, backend, backend_config, options["device"])
+    placement = place(gpus, backend, backend_config, options["device"], slurm)
     combinations = expand_grid(
         model_list, method_list, parse_repeats(repeats), overrides, options, placement.run_device
     )
 
-    if placement.kubernetes is None:  # cells that run here read their data here: it must be here
+    if placement.kubernetes is None:  # cells read their data here, or on Slurm's nodes from a shared folder
         for combination in combinations:
             check_dataset_location(combination.config.dataset, combination.config.data_dir)
     experiment = options["experiment"]
@@ -111,12 +116,9 @@ def run_sweep(
         skipped = len(combinations) - len(todo)
         bars = progress and sys.stderr.isatty()
         with TemporaryDirectory(prefix="joulebench-sweep-") as scratch:
-            cluster = placement.kubernetes
-            runner = (
-                KubernetesRunner(cluster.config, cluster.project_dir, parent.run_id, parent.experiment_id)
-                if cluster else LocalRunner(placement.slots, parent.run_id, Path(scratch))
-            )
-            display = Progress(len(combinations), skipped, 0 if cluster else len(placement.slots), bars)
+            runner = _runner(placement, parent, Path(scratch))
+            local = isinstance(runner, LocalRunner)
+            display = Progress(len(combinations), skipped, len(placement.slots) if local else 0, bars)
             status = "FAILED"
             try:
                 outcomes = runner.run(todo, display)
@@ -135,6 +137,17 @@ def run_sweep(
                 display.close()
                 tracking.end_sweep_run(parent.run_id, status, Path(scratch))
         return SweepSummary(parent.run_id, parent.resumed, len(combinations), skipped, outcomes)
+
+
+def _runner(placement: Placement, parent: tracking.SweepRun, scratch: Path) -> LocalRunner | KubernetesRunner | SlurmRunner:
+    """Who runs the cells: Kubernetes, Slurm (logs where the nodes can write them: the working
+    folder, shared with them), or children here (logs in ``scratch``, kept on the parent run)."""
+    if placement.kubernetes:
+        cluster = placement.kubernetes
+        return KubernetesRunner(cluster.config, cluster.project_dir, parent.run_id, parent.experiment_id)
+    if placement.slurm:
+        return SlurmRunner(placement.slurm, parent.run_id, Path(SLURM_LOG_FOLDER) / parent.run_id)
+    return LocalRunner(placement.slots, parent.run_id, scratch)
 
 
 def _refuse_live_cells(experiment_id: str, combinations: list[Combination]) -> None:

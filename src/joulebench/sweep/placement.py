@@ -1,4 +1,4 @@
-"""Where a sweep's children run: which slots (GPUs) locally, or which Kubernetes backend."""
+"""Where a sweep's children run: which slots (GPUs) locally, or which cluster (Kubernetes, Slurm)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from joulebench import tracking
 from joulebench.errors import ConfigError
 from joulebench.sweep.kubernetes import load_backend_config
+from joulebench.sweep.slurm import SlurmOptions, check_submission
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,13 @@ class Placement:
     ``slots``: one child at a time per entry — a ``CUDA_VISIBLE_DEVICES`` value, or ``None`` for
     the host. ``run_device``: the device children resolve where it is not this process's to
     resolve (a pinned GPU is always cuda:0, a pod's GPU is the template's), else None.
-    ``kubernetes``: set when children are submitted to a cluster instead.
+    ``kubernetes`` or ``slurm``: set when children are submitted to a cluster instead.
     """
 
     slots: list[str | None]
     run_device: str | None
     kubernetes: KubernetesBackend | None = None
+    slurm: SlurmOptions | None = None
 
 
 def parse_gpus(text: str, visible: int) -> list[int]:
@@ -76,8 +78,26 @@ def kubernetes_run_device(requested: str) -> str:
     return "cpu" if requested == "cpu" else pinned_run_device(requested, "--backend kubernetes")
 
 
-def place(gpus: str | None, backend: str, backend_config: Path | None, device: str) -> Placement:
-    """Where children run, from the sweep's --gpus, --backend, --backend-config and --device."""
+def slurm_placement(gpus: str | None, device: str, slurm: SlurmOptions) -> Placement:
+    """Slurm places the cells: each its own GPU(s) (cuda:0 to the cell), or the CPU with 0 GPUs."""
+    if gpus:
+        raise ConfigError("--gpus is for local runs; with --backend slurm each cell gets "
+                          "--slurm-gpus-per-cell GPUs from Slurm: drop --gpus")
+    tracking.check_cluster_reachable_store("Slurm's nodes")
+    check_submission(slurm)
+    if not slurm.gpus_per_cell:
+        return Placement([None], "cpu", slurm=slurm)
+    return Placement([None], pinned_run_device(device, "--backend slurm"), slurm=slurm)
+
+
+def place(gpus: str | None, backend: str, backend_config: Path | None, device: str,
+          slurm: SlurmOptions | None = None) -> Placement:
+    """Where children run, from the sweep's --gpus, --backend, --backend-config, --device and
+    --slurm-* options (``slurm``: None when none was given)."""
+    if slurm is not None and backend != "slurm":
+        raise ConfigError("--slurm-* options are read only with --backend slurm; add that or drop them")
+    if backend == "slurm":
+        return slurm_placement(gpus, device, slurm or SlurmOptions())
     if backend == "kubernetes":
         if gpus:
             raise ConfigError(
@@ -89,7 +109,7 @@ def place(gpus: str | None, backend: str, backend_config: Path | None, device: s
                 "--backend kubernetes needs --backend-config FILE "
                 "(start from deploy/kubernetes/backend-config.json)"
             )
-        tracking.check_cluster_reachable_store()
+        tracking.check_cluster_reachable_store("pods")
         return Placement([None], kubernetes_run_device(device), KubernetesBackend(*load_backend_config(backend_config)))
     if backend_config is not None:
         raise ConfigError(

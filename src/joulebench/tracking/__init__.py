@@ -19,8 +19,8 @@ from joulebench.tracking.runs import (
 )
 from joulebench.tracking.store import DEFAULT_TRACKING_URI, quiet_full_disk_logs, tracking_uri, ui_command, use_store
 from joulebench.tracking.sweeps import (
-    LiveRun, SweepRun, adopt_child, child_epochs_done, close_child_run, close_if_open, end_sweep_run,
-    finished_config_hashes, open_sweep_run, reclaim_running,
+    LiveRun, SweepRun, adopt_child, child_epochs_done, close_child_run, close_if_open, close_slurm_cell,
+    end_sweep_run, finished_config_hashes, open_sweep_run, reclaim_running,
 )
 
 # MLflow's log handlers exist now (made on its import): a full disk's records stay off stderr.
@@ -29,7 +29,7 @@ quiet_full_disk_logs()
 __all__ = [
     "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "LiveRun", "MeasuredRuns", "REPORT_EXPERIMENT", "Recorder",
     "RunRecord", "SweepRun", "adopt_child", "check_cluster_reachable_store", "child_epochs_done", "close_child_run",
-    "close_if_open", "close_launched_run", "config_params", "end_sweep_run", "environment_tags",
+    "close_if_open", "close_launched_run", "close_slurm_cell", "config_params", "end_sweep_run", "environment_tags",
     "finished_config_hashes", "finished_measured_runs", "finished_run_metrics",
     "log_report_run", "metric_history", "open_sweep_run", "recorded_run", "reclaim_running", "resend",
     "submit_kubernetes_run", "sweep_grid_hashes", "tracking_uri", "ui_command", "use_store",

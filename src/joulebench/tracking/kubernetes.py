@@ -13,13 +13,17 @@ from joulebench.errors import ConfigError, EnvironmentFault
 from joulebench.tracking.store import tracking_uri
 
 
-def check_cluster_reachable_store() -> None:
-    """Pods log to the store themselves: it must be a server, not a file on this machine."""
-    if os.environ.get("KUBE_MLFLOW_TRACKING_URI") or tracking_uri().startswith(("http://", "https://")):
+def check_cluster_reachable_store(who: str) -> None:
+    """A cluster's runs log to the store themselves: it must be a server, not a file on this
+    machine (a sqlite file shared over NFS by many writers is not safe either). ``who``: "pods"
+    (Kubernetes, which may be given its own KUBE_MLFLOW_TRACKING_URI) or "Slurm's nodes"."""
+    if tracking_uri().startswith(("http://", "https://")) or (
+            who == "pods" and os.environ.get("KUBE_MLFLOW_TRACKING_URI")):
         return
     raise ConfigError(
-        f"pods cannot reach the MLflow store {tracking_uri()}; set MLFLOW_TRACKING_URI (or "
-        "KUBE_MLFLOW_TRACKING_URI) to an http(s):// tracking server the cluster can reach"
+        f"{who} cannot reach the MLflow store {tracking_uri()}; set MLFLOW_TRACKING_URI"
+        f"{' (or KUBE_MLFLOW_TRACKING_URI)' if who == 'pods' else ''} to an http(s):// tracking server "
+        "the cluster can reach (`mlflow server`, see docs/sweep-and-report.md)"
     )
 
 

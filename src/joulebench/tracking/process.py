@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+
+from joulebench import names
 
 HOST_TAG = "process.host"
 PID_TAG = "process.pid"
@@ -28,8 +31,21 @@ def _start_time(pid: int) -> str | None:
 
 
 def process_tags() -> dict[str, str]:
-    """The tags naming this process."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), START_TAG: _start_time(os.getpid()) or ""}
+    """The tags naming this process, and the Slurm job it runs in, if any."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), START_TAG: _start_time(os.getpid()) or ""} | (
+        slurm_tags(os.environ))
+
+
+def slurm_tags(environment: Mapping[str, str]) -> dict[str, str]:
+    """Slurm's job id, node and allocated GPUs, from the variables it sets in a job's environment."""
+    if "SLURM_JOB_ID" not in environment:
+        return {}
+    array = environment.get("SLURM_ARRAY_JOB_ID"), environment.get("SLURM_ARRAY_TASK_ID")
+    return {
+        names.SLURM_JOB_ID: f"{array[0]}_{array[1]}" if all(array) else environment["SLURM_JOB_ID"],
+        names.SLURM_NODE: environment.get("SLURMD_NODENAME", ""),
+        names.SLURM_GPUS: environment.get("SLURM_JOB_GPUS") or environment.get("SLURM_STEP_GPUS") or "none",
+    }
 
 
 def process_alive(tags: dict[str, str]) -> bool | None:

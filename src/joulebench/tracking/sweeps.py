@@ -95,6 +95,30 @@ def close_child_run(parent_run_id: str, config_hash: str, status: str, why: str)
         store.set_terminated(run.info.run_id, status)
 
 
+def close_slurm_cell(parent_run_id: str, config_hash: str, job_id: str, status: str,
+                     tags: dict[str, str]) -> str | None:
+    """Tag the run Slurm job ``job_id`` made of a sweep's cell with how Slurm ended it, and close it
+    ``status`` if the task could not (killed at its time limit, preempted, its node lost). Returns
+    the run's final status (FINISHED where the run had ended before Slurm stopped its process),
+    None where the job never opened a run."""
+    store = client()
+    experiment = store.get_run(parent_run_id).info.experiment_id
+    final = None
+    for run in store.search_runs(
+        [experiment],
+        f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
+        f"and tags.`{names.SLURM_JOB_ID}` = '{job_id}'",
+    ):
+        for key, value in tags.items():
+            store.set_tag(run.info.run_id, key, value)
+        final = run.info.status
+        if final == "RUNNING":
+            store.set_tag(run.info.run_id, CLOSED_BY_TAG, f"sweep: Slurm ended job {job_id} {tags}")
+            store.set_terminated(run.info.run_id, status)
+            final = status
+    return final
+
+
 @dataclass
 class LiveRun:
     """A RUNNING run of a combination whose process still runs (or runs where this host cannot look)."""
