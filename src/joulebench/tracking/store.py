@@ -18,7 +18,9 @@ from typing import Any
 
 import mlflow
 import requests
+import sqlalchemy.exc
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
 from joulebench import names
 from joulebench.errors import (
@@ -148,6 +150,11 @@ def use_store(experiment: str) -> str:
     except Exception as error:  # any failure here means the store is unusable
         if disk_full(error):
             raise full_disk(disk_full(error)) from None
+        if isinstance(error, (UnsupportedModelRegistryStoreURIException, sqlalchemy.exc.ArgumentError)):
+            raise ConfigError(  # a URI no store answers to: no wait or retry mends it
+                f"MLFLOW_TRACKING_URI {uri!r} is not a store URI MLflow accepts; set it to sqlite:///PATH "
+                "(three slashes, then the path), a folder, or a running server's http://HOST:PORT"
+            ) from None
         raise EnvironmentFault(
             f"cannot use the MLflow store {uri} ({first_line(error, 200)}); set MLFLOW_TRACKING_URI to a "
             "writable sqlite:///PATH or a running server's http://HOST:PORT"
