@@ -5,10 +5,14 @@ and a rerun that submits that cell alone. No GPU here: cells ask Slurm for 0 GPU
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -96,6 +100,28 @@ def test_a_grid_runs_as_a_slurm_job_array_and_a_cancelled_cell_reruns_alone(tmp_
     assert not rerun[0].data.tags["slurm.job_id"].startswith(f"{array}_")  # a new job, of one task
 
 
+def test_stopping_the_sweep_cancels_its_slurm_job_and_closes_the_runs_killed(tmp_path, cluster, server):
+    env = cluster.env | {"MLFLOW_TRACKING_URI": server.uri}
+    client = MlflowClient(server.uri)
+    sweep = subprocess.Popen([str(Path(sys.executable).with_name("joulebench")), *sweep_args(cluster.partition)],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r.info.status == "RUNNING" for r in cell_runs(client)):
+            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+            time.sleep(0.5)
+        sweep.send_signal(signal.SIGTERM)  # as Ctrl-C, or a closed terminal
+        _, err = sweep.communicate(timeout=180)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, err
+    assert cluster.run("squeue", "-h").stdout == ""  # every task cancelled, none left queued
+    runs = cell_runs(client)
+    assert runs and {run.info.status for run in runs} == {"KILLED"}
+    (parent,) = client.search_runs([runs[0].info.experiment_id], "tags.run_kind = 'sweep'")
+    assert parent.info.status == "KILLED"
+
+
 def test_slurm_refuses_a_store_the_nodes_cannot_share_and_options_slurm_would_not_take(tmp_path, cluster):
     """Checked before the parent run opens: exit 2, one line, nothing submitted."""
     sqlite = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -140,3 +166,51 @@ def test_slurm_options_become_sbatch_arguments_exclusive_with_a_gpu_by_default()
                                           "--time=2:00:00", "--qos=high", "--constraint=a100", "--requeue"]
     assert make_slurm_options(None, None, None, "0", True, ()).sbatch_arguments() == []
     assert make_slurm_options(None, None, None, None, False, ()) is None  # no --slurm-* option given
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "sweep-and-report.md"
+
+
+def documented(step: str) -> str:
+    """The one bash block of the Slurm recipe marked ``tested as: slurm (STEP)``."""
+    (block,) = re.findall(rf"<!-- tested as: slurm \({step}\) -->\n```bash\n(.*?)```", DOC.read_text(), re.DOTALL)
+    return block
+
+
+def test_the_documented_cluster_recipe_runs_verbatim(tmp_path, cluster):
+    shared, project = tmp_path / "shared", tmp_path / "project"
+    shared.mkdir(), project.mkdir()
+    port = free_port()
+    env = {k: v for k, v in cluster.env.items() if k != "MLFLOW_TRACKING_URI"} | {
+        "SHARED": str(shared), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "PARTITION": cluster.partition,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # its job workers serve no purpose here
+    }
+    # A session of its own: the server the block leaves running is stopped with its workers, by group.
+    subprocess.run(["bash", "-euc", documented("server")], cwd=project, env=env, timeout=60, check=True,
+                   start_new_session=True)
+    server = int((shared / "mlflow-server.pid").read_text())
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(f"http://127.0.0.1:{port}/health"):
+            assert time.monotonic() < deadline, (shared / "mlflow-server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        result = subprocess.run(["bash", "-euc", documented("sweep")], cwd=project, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "2 combinations: 2 finished now, 0 already finished (skipped), 0 failed" in result.stdout
+        assert (project / "reports" / "report.html").is_file()
+        runs = cell_runs(MlflowClient(f"http://127.0.0.1:{port}"))
+        assert sorted(run.info.run_name for run in runs) == ["tinynet-baseline-r0", "tinynet-prune-r0"]
+        assert {(run.info.status, run.data.tags["slurm.node"]) for run in runs} == {("FINISHED", cluster.node)}
+        assert (shared / "mlflow.db").is_file() and any((shared / "mlartifacts").iterdir())
+    finally:
+        os.killpg(os.getpgid(server), signal.SIGTERM)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
