@@ -193,6 +193,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_combinations(workdir):
     finished = [run for run in runs if run.info.status == "FINISHED"]
     assert len(finished) == 4
     assert len({run.data.tags["config_hash"] for run in finished}) == 4
+    assert len({run.data.tags["process.pid"] for run in finished}) == 4  # a process per cell, forked or not
     assert {run.info.run_id for run in finished} >= set(before)  # the first two were kept, not rerun
     for config_hash in before.values():
         assert [run.info.status for run in runs if run.data.tags["config_hash"] == config_hash] == ["FINISHED"]
@@ -201,6 +202,20 @@ def test_killed_sweep_resumes_without_rerunning_finished_combinations(workdir):
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     logs = {a.path for a in client.list_artifacts(parent.info.run_id, "logs")}
     assert len(logs) >= 2 and all(path.endswith(".log") for path in logs)
+
+
+# --------------------------------------------------------------------------- cheap cells
+
+def test_the_fork_server_preloads_without_a_thread_or_cuda_fake_cuda_init_no_gpu_here():
+    """What the server imports must leave each forked cell a clean start: no thread to lose in
+    the fork, no CUDA context to share (its initialisation is replaced by a failing fake)."""
+    check = ("import threading, torch.cuda\n"
+             "def initialised(): raise AssertionError('the fork server initialised CUDA')\n"
+             "torch.cuda._lazy_init = initialised\n"
+             "import joulebench.sweep.warm\n"
+             "assert threading.active_count() == 1, threading.enumerate()\n")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- one sweep per grid

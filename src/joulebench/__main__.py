@@ -2,4 +2,5 @@
 
 from joulebench.cli import main
 
-main()
+if __name__ == "__main__":  # not when a sweep's fork server imports the sweep's main module
+    main()
