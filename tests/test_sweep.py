@@ -210,8 +210,9 @@ def test_the_fork_server_preloads_without_a_thread_or_cuda_fake_cuda_init_no_gpu
     """What the server imports must leave each forked cell a clean start: no thread to lose in
     the fork, no CUDA context to share (its initialisation is replaced by a failing fake)."""
     check = ("import threading, torch.cuda\n"
-             "def initialised(): raise AssertionError('the fork server initialised CUDA')\n"
-             "torch.cuda._lazy_init = initialised\n"
+             "def initialised(*args): raise AssertionError('the fork server asked CUDA')\n"
+             # a device count asked before the fork is cached, and the driver it starts is not fork-safe
+             "torch.cuda._lazy_init = torch.cuda.device_count = torch.cuda.is_available = initialised\n"
              "import joulebench.sweep.warm\n"
              "assert threading.active_count() == 1, threading.enumerate()\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
