@@ -187,6 +187,7 @@ CASES = [
          env={"MLFLOW_TRACKING_URI": "garbage://x"}),
     Case("tracking-uri-sqlite-without-slashes", train(), 2, "'sqlite:relative.db' is not a store URI MLflow accepts",
          env={"MLFLOW_TRACKING_URI": "sqlite:relative.db"}),
+    Case("digits-one-class", train("--dataset", "digits:3"), 2, "--dataset 'digits:3': it names 1 class"),
     Case("report-out-under-a-file", ["report", "--out", "{d}/mlflow.db/x"], 2, "mlflow.db is a file"),
     Case("fetch-mirror-not-a-url", ["fetch", "dataset", "cifar10", "--mirror", "not a url", "--to", "{d}/ds"], 2,
          "mirror 'not a url' is not a URL this can fetch from"),

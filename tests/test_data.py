@@ -43,6 +43,30 @@ def test_digits_split_and_order_fixed_by_seed():
     assert a.version == b.version and a.version.startswith("sha256:")
 
 
+def test_digit_class_subsets_are_relabelled_their_own_version_and_written_one_way():
+    """A transfer task on the embedded data: pretrain on digits:0-4, fine-tune on digits:5-9."""
+    from joulebench.data import check_dataset_spec
+
+    whole = load_dataset("digits", Path("unused"), image_size=8, seed=0)
+    upper = load_dataset("digits:5-9", Path("unused"), image_size=8, seed=0)
+    lower = load_dataset("digits:0-4", Path("unused"), image_size=8, seed=0)
+    assert (upper.name, upper.num_classes) == ("digits:5-9", 5)
+    assert len(upper.train) + len(upper.val) + len(lower.train) + len(lower.val) == 1797
+    assert set(upper.train.labels.tolist()) == set(upper.val.labels.tolist()) == {0, 1, 2, 3, 4}
+    assert len({whole.version, upper.version, lower.version}) == 3
+    # digit 9 is upper's label 4: its images are whole's label-9 images
+    nines = {image.numpy().tobytes() for image, label in zip(whole.train.images, whole.train.labels) if label == 9}
+    nines |= {image.numpy().tobytes() for image, label in zip(whole.val.images, whole.val.labels) if label == 9}
+    assert all(image.numpy().tobytes() in nines for image, label in zip(upper.train.images, upper.train.labels)
+               if label == 4)
+    assert check_dataset_spec("digits:9,5-8") == "digits:5-9"
+    assert check_dataset_spec("digits:0-9") == "digits"
+    for spec, said in (("digits:3", "it names 1 class"), ("digits:0-10", "'0-10' is not a digit 0–9"),
+                       ("digits:٣,4", "'٣' is not a digit"), ("digits:", "'' is not a digit")):
+        with pytest.raises(ConfigError, match=said):
+            check_dataset_spec(spec)
+
+
 def test_image_folder_split(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()

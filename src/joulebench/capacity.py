@@ -10,13 +10,13 @@ Pure functions: the caller logs the curve and the PNG wherever it likes.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from torch import nn
 
 from joulebench.compress.stego import overwrite_model_
+from joulebench.config import int_ranges
 from joulebench.errors import ConfigError
 from joulebench.method_params import FILLS, MAX_BITS
 from joulebench.plotting import pyplot
@@ -26,26 +26,21 @@ ALL_BITS = range(MAX_BITS + 1)
 # Accuracies are fractions of a finite test set; the slack absorbs float error in
 # differences such as 0.57 - 0.56 = 0.010000000000000009.
 COMPARISON_SLACK = 1e-9
-BITS_PART = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")  # "8" or "0-23"
 
 
 def parse_bits_values(text: str) -> list[int]:
     """``"0-23"``, ``"0,8,16"`` or a mix (``"0-4,16,23"``) as sorted distinct bits values."""
-    values: set[int] = set()
-    for part in text.split(","):
-        match = BITS_PART.fullmatch(part)
-        if match:
-            low, high = int(match[1]), int(match[2] or match[1])
-        if not match or not low <= high <= MAX_BITS:
-            raise ConfigError(
-                f"bits values {text!r} not understood at {part.strip()!r}; accepted: integers "
-                f"0–{MAX_BITS} as ranges and/or a list, e.g. 0-{MAX_BITS} or 0,8,16,20"
-            )
-        values.update(range(low, high + 1))
+    try:
+        values = int_ranges(text, MAX_BITS)
+    except ValueError as part:
+        raise ConfigError(
+            f"bits values {text!r} not understood at {str(part)!r}; accepted: integers "
+            f"0–{MAX_BITS} as ranges and/or a list, e.g. 0-{MAX_BITS} or 0,8,16,20"
+        ) from None
     if 0 not in values:  # refused before the run opens, not after its training
         raise ConfigError(f"bits values {text!r} lack 0: the capacity curve measures against the untouched "
                           f"model (bits = 0); e.g. 0,{text}")
-    return sorted(values)
+    return values
 
 
 def capacity_curve(

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
@@ -135,8 +136,7 @@ def _method_params(flag: str, value: Any, resolved: Resolved) -> dict[str, Any]:
 def _dataset(flag: str, value: Any, resolved: Resolved) -> str:
     from joulebench.data import check_dataset_spec
 
-    check_dataset_spec(value)
-    return value
+    return check_dataset_spec(value)
 
 
 def _weights(flag: str, value: Any, resolved: Resolved) -> str:
@@ -226,6 +226,21 @@ def _require_utf8(flag: str, text: str, fix: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ConfigError(f"{flag} {text!r} is not UTF-8 (MLflow records it); {fix}") from None
+
+
+INT_RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")  # "8" or "0-23": ASCII digits, not ٣
+
+
+def int_ranges(text: str, maximum: int) -> list[int]:
+    """``"0-4,7"`` as sorted distinct integers from 0 to ``maximum``; ValueError naming the first
+    part that is not one of them or a range of them."""
+    values: set[int] = set()
+    for part in text.split(","):
+        match = INT_RANGE.fullmatch(part)
+        if not match or not int(match[1]) <= int(match[2] or match[1]) <= maximum:
+            raise ValueError(part.strip())
+        values.update(range(int(match[1]), int(match[2] or match[1]) + 1))
+    return sorted(values)
 
 
 # Input files a user names (a params file, a backend config, a job template, a run record) are
@@ -373,7 +388,8 @@ class RunConfig:
         {}, "Method parameter (repeatable).", commands={TRAIN}, parse=_method_params, key="params", flag="--param",
         cli_default=(), multiple=True, metavar="KEY=VALUE")
     dataset: str = option(
-        "digits", "digits (embedded, no download) | cifar10 | imagefolder:PATH", parse=_dataset)
+        "digits", "digits (embedded, no download; digits:0-4 its classes 0–4) | cifar10 | imagefolder:PATH",
+        parse=_dataset)
     data_dir: Path = option(
         Path("data/datasets"), "Where DVC-tracked datasets live.", parse=_path,
         cli_default="data/datasets", type=FOLDER)

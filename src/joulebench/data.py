@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
+from joulebench.config import int_ranges
 from joulebench.errors import ConfigError
 from joulebench.images import ImageFiles, refuse_shared_files, scan_folder
 
@@ -60,35 +62,77 @@ class UpscaledDigits(Dataset):
         return (image - self.mean) / self.std, int(self.labels[index])
 
 
-def check_dataset_spec(spec: str) -> None:
+DIGIT_CLASSES = range(10)
+
+
+def check_dataset_spec(spec: str) -> str:
+    """``spec`` as the run records it (a digits subset written one way: digits:0-4 as digits:0,1,2,3,4
+    would be another config for the same data); ConfigError for one that names no dataset."""
+    if spec.startswith("digits:"):
+        classes = digit_classes(spec)
+        return "digits" if classes == list(DIGIT_CLASSES) else "digits:" + _ranges_text(classes)
     if spec in ("digits", "cifar10") or (spec.startswith("imagefolder:") and len(spec) > 12):
-        return
+        return spec
     raise ConfigError(
-        f"unknown dataset {spec!r}; accepted: digits (embedded), cifar10, imagefolder:PATH"
+        f"unknown dataset {spec!r}; accepted: digits (embedded), digits:0-4 (some of its classes), "
+        "cifar10, imagefolder:PATH"
     )
+
+
+def digit_classes(spec: str) -> list[int]:
+    """The digits ``digits`` or ``digits:CLASSES`` (``0-4``, ``5-9``, ``0,3,8``) names: a subset lets
+    one model be pretrained on some classes and fine-tuned on others, as ImageNet → a task is."""
+    if spec == "digits":
+        return list(DIGIT_CLASSES)
+    try:
+        classes = int_ranges(spec.removeprefix("digits:"), DIGIT_CLASSES[-1])
+    except ValueError as part:
+        classes = []
+        wrong = f"{str(part)!r} is not a digit 0–9 or a range of them"
+    else:
+        wrong = f"it names {len(classes)} class"
+    if len(classes) < 2:
+        raise ConfigError(f"--dataset {spec!r}: {wrong}; accepted: digits:CLASSES with at least two "
+                          "classes, e.g. digits:0-4, digits:5-9 or digits:0,3,8")
+    return classes
+
+
+def _ranges_text(values: list[int]) -> str:
+    """[0, 1, 2, 4] → "0-2,4"."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in runs)
 
 
 def load_dataset(spec: str, data_dir: Path, image_size: int, seed: int) -> DataSplits:
     """The train/validation splits of ``spec``; ConfigError when its files are missing."""
     check_dataset_spec(spec)
     check_dataset_location(spec, data_dir)
-    if spec == "digits":
-        return load_digits_splits(image_size, seed)
+    if spec == "digits" or spec.startswith("digits:"):
+        return load_digits_splits(image_size, seed, digit_classes(spec))
     if spec == "cifar10":
         return _load_cifar10(data_dir / "cifar10", image_size)
     return _load_imagefolder(Path(spec.removeprefix("imagefolder:")), image_size, seed)
 
 
-def load_digits_splits(image_size: int, seed: int) -> DataSplits:
-    digits = load_digits()
-    images, labels = digits.images.astype(np.float32), digits.target
+def load_digits_splits(image_size: int, seed: int, classes: Sequence[int] = DIGIT_CLASSES) -> DataSplits:
+    """The embedded digits of ``classes`` (sorted), labelled 0…len(classes)−1 in that order."""
+    digits, classes = load_digits(), list(classes)
+    kept = np.isin(digits.target, classes)
+    images = digits.images[kept].astype(np.float32)
+    labels = np.searchsorted(classes, digits.target[kept])  # digit → its index among the classes
     train_idx, val_idx = stratified_split(labels, seed)
+    # The hash covers the images and labels kept: a subset is another data version.
     version = "sha256:" + hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
     return DataSplits(
-        name="digits",
+        name="digits" if len(classes) == len(DIGIT_CLASSES) else "digits:" + _ranges_text(classes),
         train=UpscaledDigits(images[train_idx], labels[train_idx], image_size),
         val=UpscaledDigits(images[val_idx], labels[val_idx], image_size),
-        num_classes=10,
+        num_classes=len(classes),
         version=version,
     )
 
