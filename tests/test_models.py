@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from joulebench.cli import main
@@ -270,3 +271,17 @@ def test_cli_refuses_int8_weights_one_line_exit_2_no_run(workdir, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "features.0.0.weight as torch.int8" in lines[0], err
     assert not _runs_in(workdir / "mlflow.db")
+
+
+def test_weights_fine_tuned_on_another_task_load_their_body_and_get_a_new_head(tmp_path):
+    """A state dict from a run on digits:0-4 (a 5-class head) starts a 3-class task: every layer
+    but the head is the saved one; the head is new, as an ImageNet head would be."""
+    from joulebench.models import build_model, replace_head
+
+    source = torchvision.models.resnet18(weights=None)
+    replace_head(source, 5)
+    torch.save(source.state_dict(), tmp_path / "five.pth")
+    model = build_model("resnet18", 3, str(tmp_path / "five.pth"))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert torch.equal(model.layer4[1].bn2.running_mean, source.layer4[1].bn2.running_mean)
+    assert model.fc.weight.shape == (3, 512)

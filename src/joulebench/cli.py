@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     handle_stop_signals()
     die_with_sweep()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # keep the summary readable
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # --weights runs:/…: no bars
     # (and a full disk's log records are dropped where MLflow makes its handlers: tracking/__init__.py)
     try:
         cli.main(args=argv, prog_name="joulebench", standalone_mode=False)

@@ -139,7 +139,15 @@ def _dataset(flag: str, value: Any, resolved: Resolved) -> str:
     return check_dataset_spec(value)
 
 
+# Weights kept in MLflow (tracking/weights.py downloads them): runs:/RUN_ID/PATH, models:/NAME/VERSION,
+# models:/NAME@ALIAS. Only their form is checked here; whether they exist, before the run opens.
+STORED_WEIGHTS = re.compile(r"runs:/[0-9A-Za-z_-]+/\S+|models:/[^/@\s]+(/[0-9]+|@[\w-]+)")
+
+
 def _weights(flag: str, value: Any, resolved: Resolved) -> str:
+    if str(value).startswith(("runs:/", "models:/")) and not STORED_WEIGHTS.fullmatch(str(value)):
+        raise ConfigError(f"--weights {value!r} is not a weights URI of MLflow; accepted: runs:/RUN_ID/PATH, "
+                          "models:/NAME/VERSION or models:/NAME@ALIAS")
     # the test model has no pretrained weights; nothing to load
     return "none" if resolved["model"] == "tinynet" and value == "imagenet" else value
 
@@ -394,8 +402,8 @@ class RunConfig:
         Path("data/datasets"), "Where DVC-tracked datasets live.", parse=_path,
         cli_default="data/datasets", type=FOLDER)
     weights: str = option(
-        "imagenet", "imagenet (data/weights/<model>-imagenet.pth, hash-checked) | none | PATH",
-        parse=_weights)
+        "imagenet", "imagenet (data/weights/<model>-imagenet.pth, hash-checked) | none | PATH | "
+        "runs:/RUN_ID/weights | models:/NAME/VERSION (a state dict in MLflow)", parse=_weights)
     epochs: int = option(3, "Training epochs (> 0).", parse=_whole_positive, cli_default="3")
     batch_size: int = option(64, "Batch size (> 0).", parse=_whole_positive, cli_default="64")
     optimizer: str = option(  # before lr, whose default it decides; adam listed first, the default

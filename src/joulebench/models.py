@@ -156,6 +156,8 @@ def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module
     if weights != "none":
         path = default_weights_path(name) if weights == "imagenet" else Path(weights)
         state = load_state_dict(name, path, check_hash=weights == "imagenet")
+        if weights != "imagenet":
+            fit_heads_to(model, state)
         check_architecture(name, path, state, model.state_dict())
         model.load_state_dict(state)
     replace_head(model, num_classes)
@@ -330,10 +332,23 @@ def _kind(dtype: torch.dtype) -> str:
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap the final classification layer (and Inception's auxiliary one) for ``num_classes``.
+    """Swap the final classification layer (and Inception's auxiliary one) for ``num_classes``."""
+    for name, layer in _heads(model):
+        _set_module(model, name, _new_head(layer, num_classes))
 
-    The head is the last Linear, or the last 1×1 Conv2d for SqueezeNet-style models.
-    """
+
+def fit_heads_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Size the heads as ``state``'s: weights fine-tuned on another task (digits:0-4 before
+    digits:5-9) carry that task's class count there, and every other layer loads as it is. The
+    heads are then replaced for this run's classes, as an ImageNet head is."""
+    for name, layer in _heads(model):
+        weight = state.get(f"{name}.weight")
+        if weight is not None and weight.ndim > 0 and weight.shape[0] != layer.weight.shape[0]:
+            _set_module(model, name, _new_head(layer, weight.shape[0]))
+
+
+def _heads(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The last Linear (or 1×1 Conv2d, SqueezeNet-style), and Inception's auxiliary one."""
     layers = [
         (name, layer)
         for name, layer in model.named_modules()  # depth-first: the head comes last
@@ -342,10 +357,12 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
     if not layers:
         raise ConfigError(f"{type(model).__name__} has no Linear or 1×1 conv classification head")
     aux_fc = getattr(getattr(model, "AuxLogits", None), "fc", None)
-    heads = [layers[-1]] + [entry for entry in layers if aux_fc is not None and entry[1] is aux_fc]
-    for name, layer in heads:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, _new_head(layer, num_classes))
+    return [layers[-1]] + [entry for entry in layers if aux_fc is not None and entry[1] is aux_fc]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attr, module)
 
 
 def _new_head(layer: nn.Module, num_classes: int) -> nn.Module:

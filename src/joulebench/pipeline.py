@@ -19,7 +19,8 @@ from joulebench.config import RunConfig
 from joulebench.data import DataSplits, load_dataset
 from joulebench.models import build_model, default_weights_path
 from joulebench.tracking import (
-    Recorder, config_params, environment_tags, finished_run_metrics, recorded_run, ui_command,
+    Recorder, StoredWeights, config_params, download_weights, environment_tags, finished_run_metrics, is_stored,
+    recorded_run, ui_command,
 )
 from joulebench.capacity import capacity_curve, largest_safe_bits, plot_capacity
 from joulebench.train import (
@@ -39,9 +40,12 @@ class Summary:
     flags: dict[str, str]  # short_run / compute_emulated → why; empty for a trustworthy run
 
 
-def weights_source(config: RunConfig) -> str:
+def weights_source(config: RunConfig, stored: StoredWeights | None = None) -> str:
+    """Where the weights came from, for the run's params: a store's weights name their run and hash."""
     if config.weights == "imagenet":
         return f"imagenet:{default_weights_path(config.model)}"
+    if stored is not None:
+        return f"{config.weights} (run {stored.run_id}, sha256 {stored.sha256})"
     return config.weights
 
 
@@ -69,22 +73,28 @@ def measurements_table(monitor: energy.EnergyMonitor) -> list[dict[str, object]]
     ]
 
 
-def load_data_and_model(config: RunConfig) -> tuple[DataSplits, torch.nn.Module]:
-    """The dataset splits and the model with its new head (bad input fails here, before any run)."""
+def load_data_and_model(config: RunConfig) -> tuple[DataSplits, torch.nn.Module, str]:
+    """The dataset splits, the model with its new head, and where its weights came from (bad
+    input fails here, before any run; weights in the store are downloaded, loaded and dropped)."""
     data = load_dataset(config.dataset, config.data_dir, config.image_size, config.seed)
     torch.manual_seed(config.seed)  # the new head's initialisation is part of the run's seed
-    return data, build_model(config.model, data.num_classes, config.weights)
+    if not is_stored(config.weights):
+        return data, build_model(config.model, data.num_classes, config.weights), weights_source(config)
+    with TemporaryDirectory(prefix="joulebench-weights-") as folder:
+        stored = download_weights(config.weights, Path(folder))
+        model = build_model(config.model, data.num_classes, str(stored.path))
+    return data, model, weights_source(config, stored)
 
 
 def train_and_record(config: RunConfig, progress: bool) -> Summary:
     """Build everything (bad input fails before any run exists), then train inside one run."""
-    data, model = load_data_and_model(config)
+    data, model, source = load_data_and_model(config)
     method = build_method(config.method, config.method_params)
     # A precision this device cannot run (stego dtype=float16 on CPU) is refused here, not mid-run.
     settings = compute_settings(config, model, method)
     tags = environment_tags(data.version) | {"model": config.model, "method": config.method}
     tags |= emulation_tags(settings)
-    params = config_params(config, weights_source(config)) | settings.params()
+    params = config_params(config, source) | settings.params()
     with TemporaryDirectory(prefix="joulebench-") as scratch:
         monitor = energy.build_monitor(
             torch.device(config.device), country=config.country,
@@ -230,8 +240,8 @@ def capacity_and_record(
     config: RunConfig, bits_values: list[int], fill: str, tolerance: float, progress: bool
 ) -> CapacitySummary:
     """Fine-tune ``config.epochs`` epochs, then overwrite 0…23 low-order bits and evaluate each."""
-    data, model = load_data_and_model(config)
-    params = config_params(config, weights_source(config)) | {
+    data, model, source = load_data_and_model(config)
+    params = config_params(config, source) | {
         "capacity.bits_values": ",".join(map(str, bits_values)),
         "capacity.fill": fill,
         "capacity.tolerance": tolerance,

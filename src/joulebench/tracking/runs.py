@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from joulebench.errors import ConfigError, EnvironmentFault, disk_full, first_li
 from joulebench.tracking.outbox import OUTBOX_ROOT, STORE_FAILURES, Call, Outbox, is_permanent, load, send
 from joulebench.tracking.process import process_tags
 from joulebench.tracking.store import answers, client, full_disk, tracking_uri, use_store
+from joulebench.tracking.weights import WEIGHTS_FOLDER
 
 # Why a command ended its `mlflow run` run FAILED (its one-line error).
 FAILURE_TAG = "joulebench.error"
@@ -282,6 +284,9 @@ def log_pytorch_model(run_id: str, experiment_id: str, model: torch.nn.Module, e
     import torchvision
 
     mlflow.set_experiment(experiment_id=experiment_id)
+    with tempfile.TemporaryDirectory(prefix="joulebench-state-") as folder:  # for --weights runs:/RUN/weights
+        mlflow.pytorch.save_state_dict(model.state_dict(), folder)
+        client().log_artifacts(run_id, folder, WEIGHTS_FOLDER)
     # Pinning the requirements skips MLflow's slow inference of them (it re-imports the model).
     mlflow.pytorch.log_model(
         model,

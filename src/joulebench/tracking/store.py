@@ -60,7 +60,7 @@ def answers(uri: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
         return False
 
 
-def _check_server(uri: str) -> None:
+def check_server(uri: str) -> None:
     """EnvironmentFault within about 15 s when no server answers at ``uri`` (MLflow's own
     retries would take minutes to say so)."""
     for attempt in range(HEALTH_ATTEMPTS):
@@ -111,7 +111,7 @@ def read_store() -> MlflowClient:
     uri = tracking_uri()
     _check_local_path_writable(uri)
     if is_server(uri):
-        _check_server(uri)
+        check_server(uri)
     elif uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise ConfigError(f"no MLflow store at {uri}: nothing has run here yet; run from the folder that "
                           "holds mlflow.db, or set MLFLOW_TRACKING_URI to the store")
@@ -133,7 +133,7 @@ def use_store(experiment: str) -> str:
     uri = tracking_uri()
     _check_local_path_writable(uri)
     if is_server(uri):
-        _check_server(uri)
+        check_server(uri)
     elif uri.startswith("sqlite:///"):
         _create_sqlite_store(Path(uri.removeprefix("sqlite:///")))
     mlflow.set_tracking_uri(uri)  # for the parts of MLflow that read it globally (log_model)
