@@ -132,11 +132,12 @@ def test_config_hash_is_unchanged_by_the_schema():
 def test_filing_fields_change_neither_hash_nor_params():
     plain = config()
     filed = config(experiment="elsewhere", run_name="r", parent_run_id="p", save_model=True, quiet=True,
-                   metrics_json="m.json", run_json="run.json")
+                   metrics_json="m.json", run_json="run.json", register_model="pretrained")
     assert filed.config_hash() == plain.config_hash()
     assert filed.params() == plain.params()
     assert {f.name for f in option_fields(FILING)} == {
-        "experiment", "run_name", "quiet", "save_model", "metrics_json", "run_json", "parent_run_id"}
+        "experiment", "run_name", "quiet", "save_model", "register_model", "metrics_json", "run_json",
+        "parent_run_id"}
 
 
 def test_params_are_the_identity_fields_with_method_params_flattened():

@@ -81,3 +81,25 @@ def test_weights_in_a_store_that_does_not_answer_exit_75(tmp_path):
                      env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     lines = result.stderr.strip().splitlines()
     assert (result.returncode, len(lines)) == (75, 1), result.stderr[-2000:]
+
+
+def test_register_model_prints_the_version_that_fine_tunes_next(tmp_path):
+    """`--register-model NAME` is one flag from a pretrained model: it logs the weights, registers
+    them, and prints the models:/ URI that the next run takes as --weights."""
+    first = run_cli(train("--weights", "none", "--dataset", "digits:0-4", "--register-model", "digits-lower"),
+                    cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "model     models:/digits-lower/1  (fine-tune from it: --weights models:/digits-lower/1)" in first.stdout
+    again = run_cli(train("--weights", "none", "--dataset", "digits:0-4", "--register-model", "digits-lower"),
+                    cwd=tmp_path)
+    assert "model     models:/digits-lower/2 " in again.stdout
+    run = fine_tuned(tmp_path, "models:/digits-lower/2")
+    version = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_model_version("digits-lower", "2")
+    assert run.data.params["weights_source"].startswith(f"models:/digits-lower/2 (run {version.run_id}, ")
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x@y", "n" * 257, "tab\there"])
+def test_a_name_the_registry_cannot_carry_back_is_refused_before_the_run(tmp_path, name):
+    result = run_cli(["train", "--model", "tinynet", *QUICK, "--register-model", name], cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert (result.returncode, len(lines)) == (2, 1) and "cannot name a registered model" in lines[0], result.stderr

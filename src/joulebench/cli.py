@@ -93,6 +93,8 @@ def format_summary(summary: Any) -> str:
         f"duration  {metrics['duration_s']:.1f} s ({metrics['train_seconds']:.1f} s training{warmup})",
         *flags,
         f"run id    {summary.run_id}",
+        *([f"model     {summary.registered}  (fine-tune from it: --weights {summary.registered})"]
+          if summary.registered else []),
         f"open      {summary.ui}",
     ])
 

@@ -152,6 +152,19 @@ def _weights(flag: str, value: Any, resolved: Resolved) -> str:
     return "none" if resolved["model"] == "tinynet" and value == "imagenet" else value
 
 
+def _registered_name(flag: str, value: Any, resolved: Resolved) -> str | None:
+    """A registered model's name as models:/NAME/VERSION can carry it back: not blank, printable,
+    UTF-8, without "/" or "@" (they end NAME in the URI), at most MLflow's 256 characters."""
+    if value is None:
+        return None
+    text = str(value)
+    if not text.strip() or not text.isprintable() or "/" in text or "@" in text or len(text) > 256:
+        raise ConfigError(f"{flag} {text[:80]!r} cannot name a registered model; pass a name of 1–256 "
+                          "printable characters without / or @, e.g. digits-pretrained")
+    _require_utf8(flag, text, "pass a name in UTF-8")
+    return text
+
+
 def _optimizer(flag: str, value: Any, resolved: Resolved) -> str:
     if value not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {value!r}; accepted: {', '.join(OPTIMIZERS)}")
@@ -446,6 +459,10 @@ class RunConfig:
     save_model: bool = option(
         False, "Log the fine-tuned model (mlflow.pytorch flavour).", role=FILING, commands={TRAIN},
         parse=_bool, is_flag=True)
+    register_model: str | None = option(
+        None, "Also register the fine-tuned weights (runs:/ID/weights) as a new version of this model "
+        "name in MLflow's registry (implies --save-model); prints models:/NAME/VERSION for --weights.",
+        role=FILING, commands={TRAIN}, parse=_registered_name)
     metrics_json: Path | None = option(
         None, "Also write the final metrics to this JSON file (DVC metrics).", role=FILING,
         commands={TRAIN}, parse=_output_file, type=FILE)

@@ -20,7 +20,7 @@ from joulebench.data import DataSplits, load_dataset
 from joulebench.models import build_model, default_weights_path
 from joulebench.tracking import (
     Recorder, StoredWeights, config_params, download_weights, environment_tags, finished_run_metrics, is_stored,
-    recorded_run, ui_command,
+    recorded_run, register_weights, ui_command,
 )
 from joulebench.capacity import capacity_curve, largest_safe_bits, plot_capacity
 from joulebench.train import (
@@ -38,6 +38,7 @@ class Summary:
     energy_sources: str
     ui: str
     flags: dict[str, str]  # short_run / compute_emulated → why; empty for a trustworthy run
+    registered: str | None = None  # models:/NAME/VERSION of the weights, with --register-model
 
 
 def weights_source(config: RunConfig, stored: StoredWeights | None = None) -> str:
@@ -116,11 +117,12 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
                                           flags))
             if data.skipped:
                 recorder.log_text(SKIPPED_LIST, "\n".join(data.skipped) + "\n")
-            if config.save_model:
+            if config.save_model or config.register_model:
                 recorder.log_model(result.model, data.val[0][0][None])
+            registered = register_weights(recorder.run_id, config.register_model) if config.register_model else None
     return Summary(
         recorder.run_id, recorder.experiment_id, result, sources[names.ENERGY_SOURCE],
-        ui_command(recorder.run_id, recorder.experiment_id), flags,
+        ui_command(recorder.run_id, recorder.experiment_id), flags, registered,
     )
 
 

@@ -18,7 +18,7 @@ from joulebench.tracking.runs import (
     Recorder, close_launched_run, config_params, environment_tags, recorded_run, resend,
 )
 from joulebench.tracking.store import DEFAULT_TRACKING_URI, quiet_full_disk_logs, tracking_uri, ui_command, use_store
-from joulebench.tracking.weights import StoredWeights, download_weights, is_stored
+from joulebench.tracking.weights import StoredWeights, download_weights, is_stored, register_weights
 from joulebench.tracking.sweeps import (
     LiveRun, SweepRun, adopt_child, child_epochs_done, close_child_run, close_if_open, close_slurm_cell,
     end_sweep_run, finished_config_hashes, open_sweep_run, reclaim_running,
@@ -32,6 +32,6 @@ __all__ = [
     "RunRecord", "StoredWeights", "SweepRun", "adopt_child", "check_cluster_reachable_store", "child_epochs_done", "close_child_run",
     "close_if_open", "close_launched_run", "close_slurm_cell", "config_params", "download_weights", "end_sweep_run", "environment_tags",
     "finished_config_hashes", "finished_measured_runs", "finished_run_metrics", "is_stored",
-    "log_report_run", "metric_history", "open_sweep_run", "recorded_run", "reclaim_running", "resend",
+    "log_report_run", "metric_history", "open_sweep_run", "recorded_run", "reclaim_running", "register_weights", "resend",
     "submit_kubernetes_run", "sweep_grid_hashes", "tracking_uri", "ui_command", "use_store",
 ]

@@ -91,3 +91,17 @@ def _state_dict_file(local: Path, uri: str) -> Path:
 def _unreachable(uri: str, error: BaseException) -> EnvironmentFault:
     return EnvironmentFault(f"--weights {uri}: the MLflow store {tracking_uri()} did not answer "
                             f"({first_line(error, 150)}); start it or set MLFLOW_TRACKING_URI, then run again")
+
+
+def register_weights(run_id: str, name: str) -> str:
+    """Register run ``run_id``'s state dict (runs:/RUN_ID/weights) as a new version of model ``name``
+    (made if new); its ``models:/NAME/VERSION``, what ``--weights`` takes."""
+    store = client()
+    try:
+        store.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        store.create_registered_model(name)
+    version = store.create_model_version(name, f"runs:/{run_id}/{WEIGHTS_FOLDER}", run_id=run_id)
+    return f"models:/{name}/{version.version}"
