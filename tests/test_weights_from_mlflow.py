@@ -5,6 +5,9 @@ that does not answer exit 75. Pretrained on digits:0-4, fine-tuned on digits:5-9
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,35 @@ def test_a_name_the_registry_cannot_carry_back_is_refused_before_the_run(tmp_pat
     result = run_cli(["train", "--model", "tinynet", *QUICK, "--register-model", name], cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert (result.returncode, len(lines)) == (2, 1) and "cannot name a registered model" in lines[0], result.stderr
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_recipe() -> list[str]:
+    """The command lines of README's pretrained → compressed → fine-tuned block."""
+    block = README.read_text().split("### Pretrained → compressed → fine-tuned, offline")[1]
+    return [line for line in block.split("```bash\n")[1].split("```")[0].splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_readme_recipe_pretrains_registers_fine_tunes_every_method_and_measures_capacity_verbatim(workdir):
+    lines = readme_recipe()
+    assert [line.split()[1] for line in lines] == ["train", "sweep", "capacity"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    outputs = []
+    for line in lines:
+        result = subprocess.run(["bash", "-euc", line], cwd=workdir, env=env, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
+        outputs.append(result.stdout)
+    assert "model     models:/digits-0-4/1 " in outputs[0]
+    assert "4 combinations: 4 finished now" in outputs[1]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    pretraining = client.get_model_version("digits-0-4", "1").run_id
+    fine_tuned_runs = client.search_runs(["1"], "params.dataset = 'digits:5-9'")
+    assert len(fine_tuned_runs) == 5  # four methods, and capacity's run
+    for run in fine_tuned_runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["weights_source"].startswith(f"models:/digits-0-4/1 (run {pretraining}, sha256 ")
