@@ -58,26 +58,26 @@ def scan_folder(root: Path, within: Path, layout: str) -> FolderScan:
     with no readable image.
     """
     classes = _class_names(root, layout)
-    owner: dict[str, tuple[str, str]] = {}  # real path → (class, path as found)
-    samples: list[tuple[str, int]] = []
+    found: dict[str, tuple[str, int]] = {}  # real path → (path as found, class index)
     for label, name in enumerate(classes):
         for path in _files(root / name, os.path.realpath(within), (), layout):
             real = os.path.realpath(path)
-            if real in owner:
-                if owner[real][0] != name:
+            if real in found:
+                first, other = found[real]
+                if other != label:
                     raise ConfigError(
-                        f"{shown(owner[real][1])} and {shown(path)} are one file in two classes "
-                        f"({owner[real][0]}, {name}); an image must belong to one class: remove the link"
+                        f"{shown(first)} and {shown(path)} are one file in two classes "
+                        f"({classes[other]}, {name}); an image must belong to one class: remove the link"
                     )
                 continue  # the same image reached twice in one class: counted once
-            owner[real] = (name, str(path))
-            samples.append((str(path), label))
-    problems = _decode_all([path for path, _ in samples])
-    readable = [(path, label) for (path, label), problem in zip(samples, problems) if problem is None]
-    scan = FolderScan(classes, readable, sorted(shown(f"{path}: {problem}") for (path, _), problem
-                                                in zip(samples, problems) if problem is not None),
-                      {os.path.realpath(path) for path, _ in readable})
-    empty = [name for label, name in enumerate(classes) if label not in set(scan.targets)]
+            found[real] = (str(path), label)
+    problems = _decode_all([path for path, _ in found.values()])
+    readable = {real: sample for (real, sample), problem in zip(found.items(), problems) if problem is None}
+    skipped = sorted(shown(f"{path}: {problem}") for (path, _), problem in zip(found.values(), problems)
+                     if problem is not None)
+    scan = FolderScan(classes, list(readable.values()), skipped, set(readable))
+    labelled = set(scan.targets)
+    empty = [name for label, name in enumerate(classes) if label not in labelled]
     if empty:
         raise ConfigError(f"{shown(root)}: class folder {shown(empty[0])} holds no readable image; {layout}")
     return scan
