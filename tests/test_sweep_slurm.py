@@ -58,19 +58,29 @@ def cell_runs(client: MlflowClient) -> list:
     return [] if experiment is None else client.search_runs([experiment.experiment_id], "tags.config_hash != ''")
 
 
+def start_sweep(cluster, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """The test grid's `joulebench sweep --backend slurm`, started as a user starts it."""
+    return subprocess.Popen([str(Path(sys.executable).with_name("joulebench")), *sweep_args(cluster.partition)],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_a_cell(sweep: subprocess.Popen, cluster, client: MlflowClient, wanted) -> None:
+    """Until a cell's run is ``wanted`` (at most 300 s), while the sweep still runs."""
+    deadline = time.monotonic() + 300
+    while not any(wanted(run) for run in cell_runs(client)):
+        assert sweep.poll() is None, sweep.communicate()
+        assert time.monotonic() < deadline, cluster.tails()
+        time.sleep(0.5)
+
+
 def test_a_grid_runs_as_a_slurm_job_array_and_a_cancelled_cell_reruns_alone(tmp_path, cluster, server):
     work = tmp_path / "work"
     work.mkdir()
     env = cluster.env | {"MLFLOW_TRACKING_URI": server.uri}
     client = MlflowClient(server.uri)
-    first = subprocess.Popen([str(Path(sys.executable).with_name("joulebench")), *sweep_args(cluster.partition)],
-                             cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = start_sweep(cluster, env, work)
     try:
-        deadline = time.monotonic() + 300
-        while not any(r.data.tags.get("slurm.job_id", "").endswith("_1") for r in cell_runs(client)):
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, cluster.tails()
-            time.sleep(0.5)
+        wait_for_a_cell(first, cluster, client, lambda r: r.data.tags.get("slurm.job_id", "").endswith("_1"))
         cancelled = next(r for r in cell_runs(client) if r.data.tags["slurm.job_id"].endswith("_1"))
         cluster.run("scancel", cancelled.data.tags["slurm.job_id"])  # one task, mid-run
         out, err = first.communicate(timeout=300)
@@ -103,13 +113,9 @@ def test_a_grid_runs_as_a_slurm_job_array_and_a_cancelled_cell_reruns_alone(tmp_
 def test_stopping_the_sweep_cancels_its_slurm_job_and_closes_the_runs_killed(tmp_path, cluster, server):
     env = cluster.env | {"MLFLOW_TRACKING_URI": server.uri}
     client = MlflowClient(server.uri)
-    sweep = subprocess.Popen([str(Path(sys.executable).with_name("joulebench")), *sweep_args(cluster.partition)],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = start_sweep(cluster, env, tmp_path)
     try:
-        deadline = time.monotonic() + 300
-        while not any(r.info.status == "RUNNING" for r in cell_runs(client)):
-            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
-            time.sleep(0.5)
+        wait_for_a_cell(sweep, cluster, client, lambda r: r.info.status == "RUNNING")
         sweep.send_signal(signal.SIGTERM)  # as Ctrl-C, or a closed terminal
         _, err = sweep.communicate(timeout=180)
     finally:

@@ -286,8 +286,8 @@ def file_problem(path: Path) -> str | None:
 def read_input_file(flag: str, path: Path, fix: str) -> str:
     """The UTF-8 text of an input file the user named, or one ConfigError line ending in ``fix``."""
     problem = file_problem(path)
-    if problem is None and path.stat().st_size > INPUT_FILE_LIMIT:
-        problem = f"holds {path.stat().st_size} bytes, more than an input file of {INPUT_FILE_LIMIT // 2**20} MiB"
+    if problem is None and (size := path.stat().st_size) > INPUT_FILE_LIMIT:
+        problem = f"holds {size} bytes, more than an input file of {INPUT_FILE_LIMIT // 2**20} MiB"
     if problem is None:
         try:
             return path.read_text(encoding="utf-8")

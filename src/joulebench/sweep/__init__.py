@@ -102,11 +102,11 @@ def run_sweep(
         for combination in combinations:
             check_dataset_location(combination.config.dataset, combination.config.data_dir)
     experiment = options["experiment"]
-    experiment_id = tracking.use_store(experiment)
-    with hold_grid(tracking.tracking_uri(), experiment_id, sweep_hash(combinations)):
+    experiment_id, grid = tracking.use_store(experiment), sweep_hash(combinations)
+    with hold_grid(tracking.tracking_uri(), experiment_id, grid):
         _refuse_live_cells(experiment_id, combinations)
         parent = tracking.open_sweep_run(
-            experiment, sweep_hash(combinations), grid_table(combinations), force=force,
+            experiment, grid, grid_table(combinations), force=force,
             params={"models": ",".join(model_list), "methods": ",".join(method_list), "repeats": repeats,
                     "method_params": " ".join(params) or "defaults", "combinations": len(combinations)},
             tags={"sweep.backend": backend, "sweep.gpus": gpus or "none"},

@@ -28,11 +28,10 @@ from joulebench import tracking
 from joulebench.errors import EXIT_BAD_INPUT
 from joulebench.signals import PARENT_PID_ENV
 from joulebench.sweep.grid import Combination
-from joulebench.sweep.progress import Outcome, Progress
+from joulebench.sweep.progress import Outcome, Progress, log_tail
 
 PROGRESS_POLL_SECONDS = 2.0
 TERMINATE_GRACE_SECONDS = 60.0  # a child marks its run KILLED before exiting; give it time
-LOG_TAIL_LINES = 5
 
 
 PRELOADED = ["joulebench.sweep.warm"]  # the fork server imports it once, before any cell
@@ -213,7 +212,7 @@ class LocalRunner:
             )
         return Outcome(
             combination, ok=returncode == 0, seconds=time.monotonic() - started,
-            detail=f"exit {returncode}: {_tail(log_path)}", rejected_input=returncode == EXIT_BAD_INPUT,
+            detail=f"exit {returncode}: {log_tail(log_path)}", rejected_input=returncode == EXIT_BAD_INPUT,
         )
 
     def _start(self, combination: Combination, environment: dict[str, str], log_path: Path) -> Child:
@@ -239,8 +238,3 @@ def _ended(returncode: int) -> str:
         return f"signal {signal.Signals(-returncode).name}"
     except ValueError:
         return f"signal {-returncode}"
-
-
-def _tail(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return " | ".join(lines[-LOG_TAIL_LINES:]) or "no output"

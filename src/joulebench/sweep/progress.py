@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -19,6 +20,18 @@ class Outcome:
     seconds: float
     detail: str  # the child's last output lines or the run's final status
     rejected_input: bool = False
+
+
+LOG_TAIL_LINES = 5
+
+
+def log_tail(path: Path) -> str:
+    """A child's last non-blank output lines, for its Outcome's detail."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:  # a task Slurm never started wrote no log
+        return "no log"
+    return " | ".join(lines[-LOG_TAIL_LINES:]) or "no output"
 
 
 class Progress:

@@ -19,23 +19,24 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from joulebench import names, tracking
 from joulebench.errors import EXIT_BAD_INPUT, ConfigError, EnvironmentFault
 from joulebench.sweep.grid import Combination
-from joulebench.sweep.progress import Outcome, Progress
+from joulebench.sweep.progress import Outcome, Progress, log_tail
 
 SLURM_LOG_FOLDER = "joulebench-slurm"  # under the working folder, which the nodes share: a log per task
 SLURM_POLL_SECONDS = 3.0
 CANCEL_GRACE_SECONDS = 90.0  # scancel sends SIGTERM: a task closes its run KILLED before it exits
-# Slurm's states of an ended job, and what each makes of the cell's run when the task could not close it.
-ENDED = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "OUT_OF_MEMORY": "FAILED", "NODE_FAIL": "FAILED",
+# Slurm's states of an ended job, and what each makes of the cell's run when the task could not close it
+# (a task COMPLETED with exit 0 closed it itself; with another exit code it failed before it could).
+ENDED = {"COMPLETED": "FAILED", "FAILED": "FAILED", "OUT_OF_MEMORY": "FAILED", "NODE_FAIL": "FAILED",
          "BOOT_FAIL": "FAILED", "CANCELLED": "KILLED", "TIMEOUT": "KILLED", "PREEMPTED": "KILLED",
          "DEADLINE": "KILLED", "REVOKED": "KILLED", "SPECIAL_EXIT": "FAILED"}
 SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
+MAX_GPUS_PER_CELL = 16
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,6 @@ def make_slurm_options(partition: str | None, account: str | None, time_limit: s
     return SlurmOptions(partition, account, time_limit, int(gpus), share_node, parse_slurm_options(pairs))
 
 
-MAX_GPUS_PER_CELL = 16
-
-
 def parse_slurm_options(pairs: tuple[str, ...]) -> tuple[str, ...]:
     """``--slurm-option KEY=VALUE`` (or a bare flag KEY) as sbatch long options; ConfigError for
     what sbatch would misread (a key that is not an option name, or one the sweep sets itself)."""
@@ -107,19 +105,13 @@ class TaskState:
     job_id: str  # ARRAYJOB_TASK, the id the task's run is tagged with
 
 
-Query = Callable[[str], dict[int, TaskState]]
-
-
 class SlurmRunner:
     """Submits the cells as one job array and follows it until every task has ended."""
 
-    def __init__(self, options: SlurmOptions, parent_run_id: str, log_dir: Path,
-                 query: Query | None = None, poll_seconds: float = SLURM_POLL_SECONDS) -> None:
+    def __init__(self, options: SlurmOptions, parent_run_id: str, log_dir: Path) -> None:
         self._options = options
         self._parent_run_id = parent_run_id
         self._log_dir = log_dir
-        self._query = query or task_states
-        self._poll_seconds = poll_seconds
 
     def run(self, todo: list[Combination], progress: Progress) -> list[Outcome]:
         if not todo:
@@ -145,7 +137,7 @@ class SlurmRunner:
         outcomes: dict[int, Outcome] = {}
         started = time.monotonic()
         while len(outcomes) < len(todo):
-            for task, state in self._query(job).items():
+            for task, state in task_states(job).items():
                 if task in outcomes or state.state not in ENDED:
                     continue
                 outcome = self._ended(todo[task], state, time.monotonic() - started)
@@ -154,29 +146,28 @@ class SlurmRunner:
                 if outcome.rejected_input:  # the same input would be rejected by every other cell
                     cancel(job)
             if len(outcomes) < len(todo):
-                time.sleep(self._poll_seconds)
+                time.sleep(SLURM_POLL_SECONDS)
         return [outcomes[task] for task in sorted(outcomes)]
 
     def _ended(self, combination: Combination, state: TaskState, seconds: float) -> Outcome:
         ok = state.state == "COMPLETED" and state.exit_code == 0
         if not ok:  # the run's own status decides: it may have FINISHED before Slurm stopped its process
             ok = tracking.close_slurm_cell(
-                self._parent_run_id, combination.config_hash, state.job_id,
-                ENDED[state.state] if state.state != "COMPLETED" else "FAILED",
+                self._parent_run_id, combination.config_hash, state.job_id, ENDED[state.state],
                 {names.SLURM_STATE: state.state, names.SLURM_REASON: state.reason}) == "FINISHED"
         log = self._log_dir / f"{state.job_id}.log"
         detail = f"Slurm job {state.job_id} {state.state} on {state.node or 'no node'}"
         if not ok:
-            detail += f" (exit {state.exit_code}, reason {state.reason}): {_tail(log)}"
+            detail += f" (exit {state.exit_code}, reason {state.reason}): {log_tail(log)}"
         return Outcome(combination, ok, seconds, detail, rejected_input=state.exit_code == EXIT_BAD_INPUT)
 
     def _wait_ended(self, job: str, todo: list[Combination], seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            states = self._query(job)
+            states = task_states(job)
             if all(states.get(task) is None or states[task].state in ENDED for task in range(len(todo))):
                 return
-            time.sleep(self._poll_seconds)
+            time.sleep(SLURM_POLL_SECONDS)
 
 
 def batch_script(todo: list[Combination], parent_run_id: str) -> str:
@@ -202,7 +193,7 @@ def check_submission(options: SlurmOptions) -> None:
                     "#!/bin/sh\ntrue\n")
     if result.returncode == 0:
         return
-    said = (result.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("sbatch: error: ")
+    said = _last_words(result)
     if any(words in said for words in UNREACHABLE):
         raise EnvironmentFault(f"Slurm's controller does not answer ({said}); check `sinfo`, then run the sweep again")
     raise ConfigError(f"Slurm would not run a cell with these options: {said}; check --slurm-partition, "
@@ -217,10 +208,14 @@ def submit(script: str, arguments: list[str]) -> str:
     """The id of the job ``sbatch`` made of ``script``; EnvironmentFault if it refused."""
     result = _slurm(["sbatch", "--parsable", *arguments], script)
     if result.returncode != 0:
-        said = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise EnvironmentFault(f"sbatch refused the sweep's job array: {said}; check --slurm-partition, "
+        raise EnvironmentFault(f"sbatch refused the sweep's job array: {_last_words(result)}; check --slurm-partition, "
                                "--slurm-account and --slurm-option against `sinfo` and your allocation")
     return result.stdout.strip().split(";")[0]
+
+
+def _last_words(result: subprocess.CompletedProcess) -> str:
+    """The last line a Slurm command wrote to stderr, without sbatch's "error:" prefix."""
+    return (result.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("sbatch: error: ")
 
 
 def cancel(job: str) -> None:
@@ -291,10 +286,3 @@ def _slurm(command: list[str], stdin: str | None = None) -> subprocess.Completed
         raise EnvironmentFault(f"{command[0]} did not answer in 60 s: slurmctld is down or overloaded; "
                                "check `sinfo`, then run the same sweep again (finished cells are kept)") from None
 
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        kept = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return " | ".join(kept[-lines:]) or "no output"
