@@ -69,28 +69,26 @@ def finished_config_hashes(experiment_id: str) -> set[str]:
 
 def child_epochs_done(parent_run_id: str, config_hash: str) -> int | None:
     """Epochs a sweep's running child has logged so far; None before its run exists."""
-    store = client()
-    parent = store.get_run(parent_run_id)
-    running = store.search_runs(
-        [parent.info.experiment_id],
-        f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
-        "and attributes.status = 'RUNNING'",
-        max_results=1,
-    )
+    running = _cell_runs(parent_run_id, config_hash, "attributes.status = 'RUNNING'")
     if not running:
         return None
-    return len(store.get_metric_history(running[0].info.run_id, names.VAL_ACCURACY))
+    return len(client().get_metric_history(running[0].info.run_id, names.VAL_ACCURACY))
+
+
+def _cell_runs(parent_run_id: str, config_hash: str, condition: str) -> list:
+    """The runs of one cell (its config hash) under sweep ``parent_run_id`` that meet ``condition``."""
+    store = client()
+    return store.search_runs(
+        [store.get_run(parent_run_id).info.experiment_id],
+        f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
+        f"and {condition}",
+    )
 
 
 def close_child_run(parent_run_id: str, config_hash: str, status: str, why: str) -> None:
     """Close the run of a sweep's child that exited without closing it (SIGKILL, a crash)."""
     store = client()
-    experiment = store.get_run(parent_run_id).info.experiment_id
-    for run in store.search_runs(
-        [experiment],
-        f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
-        "and attributes.status = 'RUNNING'",
-    ):
+    for run in _cell_runs(parent_run_id, config_hash, "attributes.status = 'RUNNING'"):
         store.set_tag(run.info.run_id, CLOSED_BY_TAG, why)
         store.set_terminated(run.info.run_id, status)
 
@@ -102,13 +100,8 @@ def close_slurm_cell(parent_run_id: str, config_hash: str, job_id: str, status: 
     the run's final status (FINISHED where the run had ended before Slurm stopped its process),
     None where the job never opened a run."""
     store = client()
-    experiment = store.get_run(parent_run_id).info.experiment_id
     final = None
-    for run in store.search_runs(
-        [experiment],
-        f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
-        f"and tags.`{names.SLURM_JOB_ID}` = '{job_id}'",
-    ):
+    for run in _cell_runs(parent_run_id, config_hash, f"tags.`{names.SLURM_JOB_ID}` = '{job_id}'"):
         for key, value in tags.items():
             store.set_tag(run.info.run_id, key, value)
         final = run.info.status
