@@ -293,10 +293,10 @@ def main(argv: list[str] | None = None) -> None:
         _close_launched_run("KILLED", "interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except Exception as error:
-        if disk_full(error) is not None:  # a full filesystem outside a run (whose own line says how it ended)
+        if (full := disk_full(error)) is not None:  # a full filesystem outside a run (its own line says how it ended)
             from joulebench.tracking.store import full_disk
 
-            fault = full_disk(disk_full(error))
+            fault = full_disk(full)
             _fail(str(fault), fault.exit_code)
         # a bug: its traceback follows, and `mlflow run`'s run is not left open
         _close_launched_run("FAILED", f"{type(error).__name__}: {error}")

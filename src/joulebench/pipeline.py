@@ -17,7 +17,7 @@ from joulebench import energy, names
 from joulebench.compress import build_method
 from joulebench.config import RunConfig
 from joulebench.data import DataSplits, load_dataset
-from joulebench.models import build_model, default_weights_path
+from joulebench.models import build_model, default_weights_path, sha256_of
 from joulebench.tracking import (
     Recorder, StoredWeights, config_params, download_weights, environment_tags, finished_run_metrics, is_stored,
     recorded_run, register_weights, ui_command,
@@ -42,11 +42,12 @@ class Summary:
 
 
 def weights_source(config: RunConfig, stored: StoredWeights | None = None) -> str:
-    """Where the weights came from, for the run's params: a store's weights name their run and hash."""
+    """Where the weights came from, for the run's params: a store's weights name their run and hash
+    (read while the downloaded file exists)."""
     if config.weights == "imagenet":
         return f"imagenet:{default_weights_path(config.model)}"
     if stored is not None:
-        return f"{config.weights} (run {stored.run_id}, sha256 {stored.sha256})"
+        return f"{config.weights} (run {stored.run_id}, sha256 {sha256_of(stored.path)})"
     return config.weights
 
 
@@ -83,8 +84,7 @@ def load_data_and_model(config: RunConfig) -> tuple[DataSplits, torch.nn.Module,
         return data, build_model(config.model, data.num_classes, config.weights), weights_source(config)
     with TemporaryDirectory(prefix="joulebench-weights-") as folder:
         stored = download_weights(config.weights, Path(folder))
-        model = build_model(config.model, data.num_classes, str(stored.path))
-    return data, model, weights_source(config, stored)
+        return data, build_model(config.model, data.num_classes, str(stored.path)), weights_source(config, stored)
 
 
 def train_and_record(config: RunConfig, progress: bool) -> Summary:

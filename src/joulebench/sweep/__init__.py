@@ -139,7 +139,9 @@ def run_sweep(
         return SweepSummary(parent.run_id, parent.resumed, len(combinations), skipped, outcomes)
 
 
-def _runner(placement: Placement, parent: tracking.SweepRun, scratch: Path) -> LocalRunner | KubernetesRunner | SlurmRunner:
+def _runner(
+    placement: Placement, parent: tracking.SweepRun, scratch: Path
+) -> LocalRunner | KubernetesRunner | SlurmRunner:
     """Who runs the cells: Kubernetes, Slurm (logs where the nodes can write them: the working
     folder, shared with them), or children here (logs in ``scratch``, kept on the parent run)."""
     if placement.kubernetes:

@@ -28,10 +28,11 @@ from joulebench.tracking.sweeps import (
 quiet_full_disk_logs()
 
 __all__ = [
-    "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "LiveRun", "MeasuredRuns", "REPORT_EXPERIMENT", "Recorder",
-    "RunRecord", "StoredWeights", "SweepRun", "adopt_child", "check_cluster_reachable_store", "child_epochs_done", "close_child_run",
-    "close_if_open", "close_launched_run", "close_slurm_cell", "config_params", "download_weights", "end_sweep_run", "environment_tags",
-    "finished_config_hashes", "finished_measured_runs", "finished_run_metrics", "is_stored",
-    "log_report_run", "metric_history", "open_sweep_run", "recorded_run", "reclaim_running", "register_weights", "resend",
+    "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "LiveRun", "MeasuredRuns", "REPORT_EXPERIMENT",
+    "Recorder", "RunRecord", "StoredWeights", "SweepRun", "adopt_child", "check_cluster_reachable_store",
+    "child_epochs_done", "close_child_run", "close_if_open", "close_launched_run", "close_slurm_cell",
+    "config_params", "download_weights", "end_sweep_run", "environment_tags", "finished_config_hashes",
+    "finished_measured_runs", "finished_run_metrics", "is_stored", "log_report_run", "metric_history",
+    "open_sweep_run", "recorded_run", "reclaim_running", "register_weights", "resend",
     "submit_kubernetes_run", "sweep_grid_hashes", "tracking_uri", "ui_command", "use_store",
 ]

@@ -148,8 +148,8 @@ def use_store(experiment: str) -> str:
         if found.lifecycle_stage != "deleted":
             show_comparison(store, found.experiment_id)
     except Exception as error:  # any failure here means the store is unusable
-        if disk_full(error):
-            raise full_disk(disk_full(error)) from None
+        if (full := disk_full(error)) is not None:
+            raise full_disk(full) from None
         if isinstance(error, (UnsupportedModelRegistryStoreURIException, sqlalchemy.exc.ArgumentError)):
             raise ConfigError(  # a URI no store answers to: no wait or retry mends it
                 f"MLFLOW_TRACKING_URI {uri!r} is not a store URI MLflow accepts; set it to sqlite:///PATH "

@@ -8,7 +8,6 @@ whose loading would run code from the store: refused, with how to log a state di
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ class StoredWeights:
 
     path: Path
     run_id: str  # the run that logged it (a model version's run)
-    sha256: str
 
 
 def is_stored(weights: str) -> bool:
@@ -59,7 +57,7 @@ def download_weights(uri: str, into: Path) -> StoredWeights:
     except (requests.RequestException, ConnectionError) as error:
         raise _unreachable(uri, error) from None
     path = _state_dict_file(local, uri)
-    return StoredWeights(path, run_id, hashlib.sha256(path.read_bytes()).hexdigest())
+    return StoredWeights(path, run_id)
 
 
 def _model_version(name_and_version: str):
