@@ -38,7 +38,8 @@ import torchvision
 from joulebench.data import load_digits_splits, make_loader
 from joulebench.energy import EnergyMonitor, Meter, build_monitor
 from joulebench.energy.sampler import PowerSampler
-from joulebench.train import ComputeSettings, LossTally, train_steps
+from joulebench.compute import ComputeSettings
+from joulebench.train import LossTally, train_steps
 
 CPU = torch.device("cpu")
 # The kit's float32 path on CPU, NCHW like the plain arm: this benchmark measures the meters.

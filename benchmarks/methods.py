@@ -49,9 +49,8 @@ from joulebench import energy
 from joulebench.compress import CompressionReport, build_method, compress, parse_method_params
 from joulebench.config import RunConfig
 from joulebench.models import build_model
-from joulebench.train import (
-    LossTally, compute_settings, native_bfloat16_cpu, prepare, synchronize, train_steps,
-)
+from joulebench.compute import compute_settings, native_bfloat16_cpu
+from joulebench.train import LossTally, prepare, synchronize, train_steps
 
 KIT_ARMS: list[tuple[str, tuple[str, ...]]] = [
     ("baseline", ()),

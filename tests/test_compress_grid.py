@@ -18,7 +18,8 @@ from torch import nn
 from joulebench.compress import build_method, compress, method_names, parse_method_params
 from joulebench.models import PAPER_MODELS, build_model, image_sizes
 from joulebench.config import RunConfig
-from joulebench.train import LossTally, compute_settings, native_bfloat16_cpu, prepare, train_steps
+from joulebench.compute import compute_settings, native_bfloat16_cpu
+from joulebench.train import LossTally, prepare, train_steps
 
 TRAINING_SIZES = {"inception_v3": 299}
 CASES = [(model, method) for model in PAPER_MODELS for method in method_names()]

@@ -11,7 +11,7 @@ from joulebench.compress import CompressionReport, ModelStats
 from joulebench.config import RunConfig
 from joulebench.energy import EnergyMonitor
 from joulebench.energy.rapl import RaplMeter
-from joulebench.train import RunResult
+from joulebench.results import RunResult
 from support import PowercapTree
 
 

@@ -12,7 +12,7 @@ import torchvision
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from joulebench import train
+from joulebench import compute, results, train
 from joulebench.compress import CompressionReport, ModelStats, build_method, parse_method_params
 from joulebench.config import RunConfig, make_config
 from joulebench.energy import Measurement
@@ -35,11 +35,11 @@ def window(phase: str, seconds: float, joules: float | None, epoch: int = 1) -> 
                        {} if joules is None else {"cpu": "rapl"}, epoch=epoch)
 
 
-def result_with(train_seconds: float, train_joules: float | None, warmup: Measurement) -> train.RunResult:
-    epoch = train.EpochResult(1, 0.5, 0.9, None, 100, window("train", train_seconds, train_joules),
+def result_with(train_seconds: float, train_joules: float | None, warmup: Measurement) -> results.RunResult:
+    epoch = results.EpochResult(1, 0.5, 0.9, None, 100, window("train", train_seconds, train_joules),
                               window("eval", 1.0, train_joules and 1.0))
     stats = ModelStats(parameters=10, nonzero_parameters=10, weight_bytes=40, flops_per_sample=100)
-    return train.RunResult(RunConfig(), CompressionReport("baseline", {}, stats, stats), epochs=[epoch],
+    return results.RunResult(RunConfig(), CompressionReport("baseline", {}, stats, stats), epochs=[epoch],
                            warmup=warmup)
 
 
@@ -73,11 +73,11 @@ def fake_cpu_probe(monkeypatch, native: bool) -> None:
 
 def test_bfloat16_on_a_cpu_without_native_bfloat16_is_emulated_probe_faked(monkeypatch):
     fake_cpu_probe(monkeypatch, native=False)
-    reason = train.emulated_precision(torch.bfloat16, CPU)
+    reason = compute.emulated_precision(torch.bfloat16, CPU)
     assert reason.startswith("cpu: no native bfloat16 (AVX512-BF16/AMX)")
-    assert train.emulated_precision(None, CPU) is None  # float32 is native everywhere
+    assert compute.emulated_precision(None, CPU) is None  # float32 is native everywhere
     fake_cpu_probe(monkeypatch, native=True)
-    assert train.emulated_precision(torch.bfloat16, CPU) is None
+    assert compute.emulated_precision(torch.bfloat16, CPU) is None
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_bfloat16_on_a_cpu_without_native_bfloat16_is_emulated_probe_faked(monke
 def test_gpu_tensor_cores_decide_emulation_probe_faked(monkeypatch, capability, dtype, emulated):
     # FAKE GPU: no GPU exists here; only the capability PyTorch would report is faked.
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    reason = train.emulated_precision(dtype, torch.device("cuda:0"))
+    reason = compute.emulated_precision(dtype, torch.device("cuda:0"))
     assert (reason is not None) == emulated
     if emulated:
         assert f"compute capability {capability[0]}.{capability[1]}" in reason
@@ -96,19 +96,19 @@ def test_gpu_tensor_cores_decide_emulation_probe_faked(monkeypatch, capability, 
 
 def test_settings_choose_channels_last_for_conv_nets_and_record_the_path():
     config = make_config(model="tinynet", method="stego", device="cpu")
-    settings = train.compute_settings(config, build_model("tinynet", 10), method("stego"))
+    settings = compute.compute_settings(config, build_model("tinynet", 10), method("stego"))
     assert settings.params() == {
         "compute.memory_format": "channels_last", "compute.cudnn": "n/a (cpu)",
         "compute.float32_precision": "ieee", "compute.optimizer": "fused",
         "compute.weights_dtype": "bfloat16", "compute.autocast": "none", "compute.dtype": "bfloat16",
     }
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 10))
-    assert not train.compute_settings(config, mlp, method("baseline")).channels_last
+    assert not compute.compute_settings(config, mlp, method("baseline")).channels_last
 
 
 def test_inputs_take_the_device_dtype_and_layout_of_the_weights():
     config = make_config(model="tinynet", method="stego", device="cpu")
-    settings = train.compute_settings(config, build_model("tinynet", 10), method("stego"))
+    settings = compute.compute_settings(config, build_model("tinynet", 10), method("stego"))
     images = settings.inputs(torch.randn(2, 3, 8, 8))
     assert images.dtype == torch.bfloat16 and images.is_contiguous(memory_format=torch.channels_last)
 
@@ -116,7 +116,7 @@ def test_inputs_take_the_device_dtype_and_layout_of_the_weights():
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_deterministic_switches_cudnn_autotuning_off(deterministic):
     config = make_config(model="tinynet", method="baseline", device="cpu", deterministic=deterministic)
-    settings = train.compute_settings(config, build_model("tinynet", 10), method("baseline"))
+    settings = compute.compute_settings(config, build_model("tinynet", 10), method("baseline"))
     try:
         settings.apply_backends()
         assert torch.backends.cudnn.benchmark is not deterministic
@@ -134,7 +134,7 @@ def test_each_method_trains_through_its_own_optimiser(pairs, optimizer_class):
     name = "baseline" if optimizer_class == "OptimizerWithPasses" else "stego"
     config = make_config(model="tinynet", method=name, device="cpu")
     model, chosen = build_model("tinynet", 10), method(name, *pairs)
-    settings = train.compute_settings(config, model, chosen)
+    settings = compute.compute_settings(config, model, chosen)
     chosen.apply(model, torch.randn(2, 3, 32, 32))
     _, optimizer, _ = train.prepare(config, model, chosen, settings)
     assert type(optimizer).__name__ == optimizer_class

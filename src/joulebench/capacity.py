@@ -4,7 +4,9 @@ For each ``bits`` value a copy of the model has its low-order bits overwritten (
 does, without training) and is evaluated by the caller's function; the model passed in is never
 changed. The capacity is the largest ``bits`` up to which accuracy stays within ``tolerance``
 (1 point by default) of the untouched model's (``bits = 0``), as in the group's earlier papers.
-Pure functions: the caller logs the curve and the PNG wherever it likes.
+The model is first fine-tuned by capacity's own loop (``fine_tune``: plain float32, no energy
+windows, the measured loop's step) and evaluated by ``accuracy_evaluator``. Nothing here logs:
+the caller logs the curve and the PNG wherever it likes.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from pathlib import Path
 
 from torch import nn
 
+from joulebench.compress import Baseline
 from joulebench.compress.stego import overwrite_model_
-from joulebench.config import int_ranges
+from joulebench.compute import compute_settings
+from joulebench.config import RunConfig, int_ranges
+from joulebench.data import DataSplits, make_loader
 from joulebench.errors import ConfigError
 from joulebench.method_params import FILLS, MAX_BITS
 from joulebench.plotting import pyplot
+from joulebench.train import LossTally, epoch_batches, evaluate, prepare, seed_everything, train_steps
 
 Curve = list[tuple[int, float]]
 ALL_BITS = range(MAX_BITS + 1)
@@ -103,3 +109,25 @@ def plot_capacity(curve: Curve, path: Path, title: str, tolerance: float = 0.01)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def fine_tune(config: RunConfig, data: DataSplits, model: nn.Module, progress: bool) -> nn.Module:
+    """Plain float32 fine-tuning, no windows: trains the model a capacity curve is taken on."""
+    seed_everything(config.seed)
+    settings = compute_settings(config, model, Baseline())
+    settings.apply_backends()
+    model, optimizer, scaler = prepare(config, model, Baseline(), settings)
+    loader = make_loader(data.train, config.batch_size, True, config.seed, settings.device)
+    for epoch in range(1, config.epochs + 1):
+        batches = epoch_batches(loader, config.limit_train_batches, f"fine-tune {epoch}/{config.epochs}", progress)
+        tally = LossTally(settings.device)
+        train_steps(model, batches, optimizer, scaler, settings, tally)
+        tally.check_finite(epoch, config.lr)
+    return model
+
+
+def accuracy_evaluator(config: RunConfig, data: DataSplits, model: nn.Module) -> Callable[[nn.Module], float]:
+    """A function giving a float32 model's top-1 validation accuracy (``model``: its architecture)."""
+    settings = compute_settings(config, model, Baseline())
+    loader = make_loader(data.val, config.batch_size, False, config.seed, settings.device)
+    return lambda candidate: evaluate(candidate.to(settings.device), loader, settings, data.num_classes)[0]

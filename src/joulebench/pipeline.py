@@ -22,10 +22,10 @@ from joulebench.tracking import (
     Recorder, StoredWeights, config_params, download_weights, environment_tags, finished_run_metrics, is_stored,
     recorded_run, register_weights, ui_command,
 )
-from joulebench.capacity import capacity_curve, largest_safe_bits, plot_capacity
-from joulebench.train import (
-    ComputeSettings, EpochResult, RunResult, accuracy_evaluator, compute_settings, fine_tune, run,
-)
+from joulebench.capacity import accuracy_evaluator, capacity_curve, fine_tune, largest_safe_bits, plot_capacity
+from joulebench.compute import ComputeSettings, compute_settings
+from joulebench.results import EpochResult, RunResult
+from joulebench.train import run
 
 
 @dataclass

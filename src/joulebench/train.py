@@ -1,4 +1,4 @@
-"""The fine-tuning loop. Every phase runs inside an energy window; nothing here knows MLflow.
+"""The measured fine-tuning loop. Every phase runs inside an energy window; nothing here knows MLflow.
 
 Phases, in order, each its own window: ``idle`` (the machine at rest, for net energy),
 ``compress``, then per epoch ``train/epoch-N`` and ``eval/epoch-N``, and last ``inference``
@@ -6,21 +6,17 @@ Phases, in order, each its own window: ``idle`` (the machine at rest, for net en
 ``warmup/epoch-1`` (the first steps of epoch 1: kernel selection, allocator growth) lies inside
 ``train/epoch-1``, so its share of the training energy is visible.
 
-Every arm, the baseline included, runs the same best-practice path for its device
-(:class:`ComputeSettings`): channels_last for models with 2-D convolutions, cuDNN autotuning
-unless ``--deterministic``, an explicit float32 precision policy (TF32 on CUDA unless
-``--tf32 false``), fused optimisers, no host sync per step. A method changes only what its
-arithmetic changes: the stored dtype of the weights, an autocast, passes around the step.
+Every arm computes on its device's :class:`~joulebench.compute.ComputeSettings`, with no host
+sync per step; a method adds only passes around the step. ``run`` returns a
+:class:`~joulebench.results.RunResult`. The step, evaluation and their helpers are also what
+``capacity.fine_tune`` trains with, unmeasured.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from itertools import cycle, islice
 from typing import Any
 
@@ -30,270 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from joulebench import names
-from joulebench.compress import Baseline, CompressionReport, Method, OptimizerWithPasses, compress
+from joulebench.compress import Method, OptimizerWithPasses, compress
 from joulebench.compress.base import OptimizerFactory
+from joulebench.compute import ComputeSettings
 from joulebench.config import RunConfig
 from joulebench.data import DataSplits, make_loader
-from joulebench.energy import EnergyMonitor, Measurement
+from joulebench.energy import EnergyMonitor
 from joulebench.errors import ConfigError
+from joulebench.results import EpochResult, RunResult
 
-# Training FLOPs per sample ≈ forward + backward (twice the forward): the usual 3× rule.
-TRAIN_FLOPS_PER_FORWARD = 3
 WARMUP_PHASE = "warmup"  # its window is the first WARMUP_STEPS of epoch 1, inside train/epoch-1
 WARMUP_STEPS = 3  # first steps of epoch 1: cuDNN's kernel search, allocator growth, Adam's state
-# A run is flagged short_run when training is shorter than MLPerf Power's minimum measurement
-# time, or when its warm-up is more than this share of the training energy.
-MIN_TRAIN_SECONDS = 60.0
-MAX_WARMUP_SHARE = 0.10
-FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # torch.optim's fused Adam and SGD run on these
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-@dataclass
-class EpochResult:
-    """One epoch: its loss, validation accuracy and the energy windows of training and eval."""
-
-    epoch: int
-    train_loss: float
-    val_accuracy: float
-    val_top5: float | None
-    samples: int
-    train: Measurement
-    eval: Measurement
-
-    def metrics(self) -> dict[str, float]:
-        values = {
-            "train_loss": self.train_loss,
-            names.VAL_ACCURACY: self.val_accuracy,
-            "epoch_seconds": self.train.seconds,
-            "eval_seconds": self.eval.seconds,
-        }
-        if self.val_top5 is not None:
-            values["val_top5"] = self.val_top5
-        if self.train.total_joules is not None:
-            values[names.EPOCH_JOULES] = self.train.total_joules
-            values["epoch_mean_watts"] = self.train.mean_watts
-        return values
-
-
-@dataclass
-class RunResult:
-    """Everything a finished run produced; ``metrics()`` flattens it for the tracker."""
-
-    config: RunConfig
-    report: CompressionReport
-    epochs: list[EpochResult] = field(default_factory=list)
-    phases: dict[str, Measurement] = field(default_factory=dict)
-    inference_images: int = 0
-    model: nn.Module | None = None
-    warmup: Measurement | None = None
-
-    @property
-    def final(self) -> EpochResult:
-        return self.epochs[-1]
-
-    def train_joules(self) -> float | None:
-        return _sum_or_none(e.train.total_joules for e in self.epochs)
-
-    def train_seconds(self) -> float:
-        return sum(e.train.seconds for e in self.epochs)
-
-    def idle_watts(self) -> float | None:
-        idle = self.phases.get("idle")
-        return idle.mean_watts if idle else None
-
-    def net(self, joules: float | None, seconds: float) -> float | None:
-        """Energy above the idle baseline (gross − idle watts × seconds)."""
-        idle = self.idle_watts()
-        return None if joules is None or idle is None else joules - idle * seconds
-
-    def metrics(self) -> dict[str, float]:
-        """Final metrics; keys missing where a value could not be measured (never 0)."""
-        total = self.phases["total"]
-        train_j, train_s = self.train_joules(), self.train_seconds()
-        samples = sum(e.samples for e in self.epochs)
-        after = self.report.after
-        values: dict[str, float | None] = {
-            names.ACCURACY: self.final.val_accuracy,
-            "top5": self.final.val_top5,
-            names.DURATION_S: total.seconds,
-            names.TRAIN_SECONDS: train_s,
-            "train_samples": samples,
-            names.ENERGY_TOTAL_J: total.total_joules,
-            names.ENERGY_TOTAL_NET_J: self.net(total.total_joules, total.seconds),
-            names.ENERGY_TRAIN_J: train_j,
-            names.ENERGY_TRAIN_NET_J: self.net(train_j, train_s),
-            "idle_watts": self.idle_watts(),
-            "train_mean_watts": train_j / train_s if train_j is not None and train_s else None,
-            names.J_PER_TRAIN_SAMPLE: train_j / samples if train_j is not None and samples else None,
-            names.PARAMETERS: after.parameters,
-            "parameters_before": self.report.before.parameters,
-            "nonzero_parameters": after.nonzero_parameters,
-            names.WEIGHT_BYTES: after.weight_bytes,
-            names.FLOPS_PER_SAMPLE: after.flops_per_sample,
-            "flops_per_sample_before": self.report.before.flops_per_sample,
-        }
-        for phase in ("compress", "inference"):
-            if phase in self.phases:
-                values[f"energy_{phase}_j"] = self.phases[phase].total_joules
-        values["energy_eval_j"] = _sum_or_none(e.eval.total_joules for e in self.epochs)
-        for key in (names.ENERGY_TOTAL_J, names.ENERGY_TRAIN_J):
-            if values[key] is not None:
-                values[key.replace("_j", "_kwh")] = values[key] / 3.6e6
-        if train_j:
-            values[names.FLOP_PER_J] = TRAIN_FLOPS_PER_FORWARD * after.flops_per_sample * samples / train_j
-        inference = self.phases.get("inference")
-        if inference and self.inference_images:
-            values["inference_ms_per_image"] = 1000 * inference.seconds / self.inference_images
-            if inference.total_joules is not None:
-                values[names.INFERENCE_J_PER_IMAGE] = inference.total_joules / self.inference_images
-        for device, joules in total.joules.items():
-            values[f"{names.ENERGY_TOTAL_J}_{device}"] = joules
-        if self.warmup is not None:
-            values["warmup_seconds"] = self.warmup.seconds
-            values["energy_warmup_j"] = self.warmup.total_joules
-            values["warmup_share"] = self.warmup_share()
-        return {key: float(value) for key, value in values.items() if value is not None}
-
-    def warmup_share(self) -> float | None:
-        """The warm-up's share of the training energy — of the training time where no meter
-        read both."""
-        return self._warmup_share_of()[0]
-
-    def _warmup_share_of(self) -> tuple[float | None, str]:
-        """(the warm-up's share, what it is a share of: "energy" or "time")."""
-        if self.warmup is None:
-            return None, "time"
-        train_j = self.train_joules()
-        if self.warmup.total_joules is not None and train_j:
-            return self.warmup.total_joules / train_j, "energy"
-        seconds = self.train_seconds()
-        return (self.warmup.seconds / seconds if seconds else None), "time"
-
-    def short_run(self) -> str | None:
-        """Why this run is too short to mean anything, or None: training under MLPerf Power's
-        60 s minimum, or a warm-up over 10 % of the training energy."""
-        reasons = []
-        seconds = self.train_seconds()
-        if seconds < MIN_TRAIN_SECONDS:
-            reasons.append(f"training {seconds:.1f} s < {MIN_TRAIN_SECONDS:.0f} s (MLPerf Power's minimum)")
-        share, of = self._warmup_share_of()
-        if share is not None and share > MAX_WARMUP_SHARE:
-            reasons.append(f"warm-up {100 * share:.0f} % of training {of} > {100 * MAX_WARMUP_SHARE:.0f} %")
-        return "; ".join(reasons) or None
-
-
-def _sum_or_none(values: Iterator[float | None]) -> float | None:
-    listed = list(values)
-    return None if not listed or None in listed else sum(listed)
-
-
-@dataclass(frozen=True)
-class ComputeSettings:
-    """The training path a run computes on — the same for every arm on a device, except what
-    the method's arithmetic changes (stored dtype, autocast). Recorded as ``compute.*``."""
-
-    device: torch.device
-    channels_last: bool  # the model has 2-D convolutions
-    deterministic: bool
-    tf32: bool  # float32 matmuls and convolutions in TF32 (CUDA; CPUs compute float32 as IEEE)
-    fused_optimizer: bool
-    stored_dtype: torch.dtype | None  # the method stores the weights in it (stego: bfloat16)
-    autocast_dtype: torch.dtype | None  # the method autocasts to it (stego dtype=float16)
-    emulated: str | None  # why the hardware emulates the method's precision, if it does
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.stored_dtype or self.autocast_dtype or torch.float32
-
-    def params(self) -> dict[str, str]:
-        """What the run records about its training path."""
-        cuda = self.device.type == "cuda"
-        return {
-            "compute.memory_format": "channels_last" if self.channels_last else "contiguous",
-            "compute.cudnn": ("deterministic" if self.deterministic else "benchmark") if cuda else "n/a (cpu)",
-            "compute.float32_precision": "tf32" if cuda and self.tf32 else "ieee",
-            "compute.optimizer": "fused" if self.fused_optimizer else "foreach",
-            "compute.weights_dtype": _dtype_name(self.stored_dtype or torch.float32),
-            "compute.autocast": _dtype_name(self.autocast_dtype) if self.autocast_dtype else "none",
-            "compute.dtype": _dtype_name(self.compute_dtype),
-        }
-
-    def apply_backends(self) -> None:
-        """Set PyTorch's global kernel choices to these settings (before any work)."""
-        torch.backends.cudnn.benchmark = not self.deterministic
-        torch.backends.cudnn.deterministic = self.deterministic
-        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
-        precision = "tf32" if self.tf32 else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = precision
-        torch.backends.cudnn.conv.fp32_precision = precision
-        if self.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """A batch of images as the model takes it: on the device, in the stored dtype and the
-        memory format of the weights."""
-        images = images.to(self.device, dtype=self.stored_dtype or images.dtype, non_blocking=True)
-        return images.contiguous(memory_format=self.memory_format) if images.dim() == 4 else images
-
-    def autocast(self) -> AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def compute_settings(config: RunConfig, model: nn.Module, method: Method) -> ComputeSettings:
-    """The training path for ``config``'s device and this model and method (``autocast_dtype``
-    raises ConfigError for a precision the device cannot run)."""
-    device = torch.device(config.device)
-    if config.batch_size < 2 and any(isinstance(m, BATCH_NORMS) for m in model.modules()):
-        raise ConfigError(f"--batch-size {config.batch_size} cannot train {config.model}: its BatchNorm "
-                          "layers need at least 2 samples per batch; pass --batch-size 2 or more")
-    stored, autocast = method.stored_dtype(), method.autocast_dtype(device.type)
-    return ComputeSettings(
-        device=device,
-        channels_last=any(isinstance(m, nn.Conv2d) for m in model.modules()),
-        deterministic=config.deterministic,
-        tf32=config.tf32,
-        fused_optimizer=device.type in FUSED_OPTIMIZER_DEVICES,
-        stored_dtype=stored,
-        autocast_dtype=autocast,
-        emulated=emulated_precision(stored or autocast, device),
-    )
-
-
-def native_bfloat16_cpu() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); PyTorch's probes."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def emulated_precision(dtype: torch.dtype | None, device: torch.device) -> str | None:
-    """Why ``device`` would emulate ``dtype`` (no native units: PyTorch falls back to reference
-    kernels and the energy says nothing about the method), or None where it is native."""
-    if dtype not in (torch.bfloat16, torch.float16):
-        return None
-    name = _dtype_name(dtype)
-    if device.type == "cpu":
-        if dtype == torch.bfloat16 and not native_bfloat16_cpu():
-            return ("cpu: no native bfloat16 (AVX512-BF16/AMX); PyTorch runs reference kernels "
-                    "(about 26× slower on an AVX2 host)")
-        return None
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        needed = (8, 0) if dtype == torch.bfloat16 else (7, 0)
-        if (major, minor) < needed:
-            return (f"cuda: compute capability {major}.{minor} has no {name} tensor cores "
-                    f"(needs {needed[0]}.{needed[1]})")
-    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -491,24 +234,3 @@ def benchmark_inference(model: nn.Module, loader: Any, settings: ComputeSettings
         images_seen += len(images)
     return images_seen
 
-
-def fine_tune(config: RunConfig, data: DataSplits, model: nn.Module, progress: bool) -> nn.Module:
-    """Plain float32 fine-tuning, no windows: trains the model a capacity curve is taken on."""
-    seed_everything(config.seed)
-    settings = compute_settings(config, model, Baseline())
-    settings.apply_backends()
-    model, optimizer, scaler = prepare(config, model, Baseline(), settings)
-    loader = make_loader(data.train, config.batch_size, True, config.seed, settings.device)
-    for epoch in range(1, config.epochs + 1):
-        batches = epoch_batches(loader, config.limit_train_batches, f"fine-tune {epoch}/{config.epochs}", progress)
-        tally = LossTally(settings.device)
-        train_steps(model, batches, optimizer, scaler, settings, tally)
-        tally.check_finite(epoch, config.lr)
-    return model
-
-
-def accuracy_evaluator(config: RunConfig, data: DataSplits, model: nn.Module) -> Callable[[nn.Module], float]:
-    """A function giving a float32 model's top-1 validation accuracy (``model``: its architecture)."""
-    settings = compute_settings(config, model, Baseline())
-    loader = make_loader(data.val, config.batch_size, False, config.seed, settings.device)
-    return lambda candidate: evaluate(candidate.to(settings.device), loader, settings, data.num_classes)[0]
