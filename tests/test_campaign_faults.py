@@ -237,7 +237,9 @@ def server(tmp_path):
 
 
 def test_tracking_server_restarted_mid_run_loses_nothing(tmp_path, server):
-    process = start(["train", *LONG], tmp_path, {"MLFLOW_TRACKING_URI": server.uri})
+    # The default grace at the run's end (conftest shortens it): the server's restart may outlast 2 s.
+    process = start(["train", *LONG], tmp_path,
+                    {"MLFLOW_TRACKING_URI": server.uri, "JOULEBENCH_OUTAGE_GRACE_SECONDS": "30"})
     try:
         run = wait_for(lambda: running_cell_with_an_epoch(server.uri), 300, "an epoch", process)
         server.stop()

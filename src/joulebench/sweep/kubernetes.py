@@ -10,13 +10,12 @@ from typing import Any, Protocol
 
 import yaml
 
-from joulebench import tracking
+from joulebench import timings, tracking
 from joulebench.config import read_input_file
 from joulebench.errors import ConfigError
 from joulebench.sweep.grid import Combination
 from joulebench.sweep.progress import Outcome, Progress
 
-KUBERNETES_POLL_SECONDS = 10.0
 KUBERNETES_ENTRY_POINT = "train"
 KUBERNETES_CONFIG_KEYS = ("kube-job-template-path", "repository-uri")
 
@@ -105,7 +104,7 @@ class KubernetesRunner:
         parent_run_id: str,
         experiment_id: str,
         submit: Callable[..., ProjectRun] | None = None,
-        poll_seconds: float = KUBERNETES_POLL_SECONDS,
+        poll_seconds: float | None = None,
     ) -> None:
         self._backend_config = backend_config
         self._project_dir = project_dir
@@ -150,5 +149,5 @@ class KubernetesRunner:
                     outcomes.append(outcome)
                     progress.finished(outcome)
             if pending:
-                time.sleep(self._poll_seconds)
+                time.sleep(self._poll_seconds or timings.KUBERNETES_POLL.seconds())
         return outcomes

@@ -24,14 +24,11 @@ from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any, Protocol
 
-from joulebench import tracking
+from joulebench import timings, tracking
 from joulebench.errors import EXIT_BAD_INPUT
 from joulebench.signals import PARENT_PID_ENV
 from joulebench.sweep.grid import Combination
 from joulebench.sweep.progress import Outcome, Progress, log_tail
-
-PROGRESS_POLL_SECONDS = 2.0
-TERMINATE_GRACE_SECONDS = 60.0  # a child marks its run KILLED before exiting; give it time
 
 
 PRELOADED = ["joulebench.sweep.warm"]  # the fork server imports it once, before any cell
@@ -147,7 +144,7 @@ class LocalRunner:
         try:
             while any(worker.is_alive() for worker in workers) or not self._events.empty():
                 try:
-                    kind, slot, payload = self._events.get(timeout=PROGRESS_POLL_SECONDS)
+                    kind, slot, payload = self._events.get(timeout=timings.PROGRESS_POLL.seconds())
                 except queue.Empty:
                     if progress.bars:
                         self._poll_epochs(progress)
@@ -173,7 +170,7 @@ class LocalRunner:
             process.send_signal(signal.SIGTERM)
         for process in processes:
             try:
-                process.wait(TERMINATE_GRACE_SECONDS)
+                process.wait(timings.TERMINATE_GRACE.seconds())
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -22,14 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from joulebench import names, tracking
+from joulebench import names, timings, tracking
 from joulebench.errors import EXIT_BAD_INPUT, ConfigError, EnvironmentFault
 from joulebench.sweep.grid import Combination
 from joulebench.sweep.progress import Outcome, Progress, log_tail
 
 SLURM_LOG_FOLDER = "joulebench-slurm"  # under the working folder, which the nodes share: a log per task
-SLURM_POLL_SECONDS = 3.0
-CANCEL_GRACE_SECONDS = 90.0  # scancel sends SIGTERM: a task closes its run KILLED before it exits
 # Slurm's states of an ended job, and what each makes of the cell's run when the task could not close it
 # (a task COMPLETED with exit 0 closed it itself; with another exit code it failed before it could).
 ENDED = {"COMPLETED": "FAILED", "FAILED": "FAILED", "OUT_OF_MEMORY": "FAILED", "NODE_FAIL": "FAILED",
@@ -122,7 +120,7 @@ class SlurmRunner:
             return self._follow(job, todo, progress)
         except KeyboardInterrupt:
             cancel(job)
-            self._wait_ended(job, todo, CANCEL_GRACE_SECONDS)
+            self._wait_ended(job, todo, timings.CANCEL_GRACE.seconds())
             for combination in todo:
                 tracking.close_child_run(self._parent_run_id, combination.config_hash, "KILLED",
                                          f"sweep: Ctrl-C cancelled Slurm job {job}")
@@ -146,7 +144,7 @@ class SlurmRunner:
                 if outcome.rejected_input:  # the same input would be rejected by every other cell
                     cancel(job)
             if len(outcomes) < len(todo):
-                time.sleep(SLURM_POLL_SECONDS)
+                time.sleep(timings.SLURM_POLL.seconds())
         return [outcomes[task] for task in sorted(outcomes)]
 
     def _ended(self, combination: Combination, state: TaskState, seconds: float) -> Outcome:
@@ -167,7 +165,7 @@ class SlurmRunner:
             states = task_states(job)
             if all(states.get(task) is None or states[task].state in ENDED for task in range(len(todo))):
                 return
-            time.sleep(SLURM_POLL_SECONDS)
+            time.sleep(timings.SLURM_POLL.seconds())
 
 
 def batch_script(todo: list[Combination], parent_run_id: str) -> str:

@@ -34,7 +34,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from mlflow.utils.time import get_current_time_millis
 
-from joulebench import names
+from joulebench import names, timings
 from joulebench.config import RunConfig
 from joulebench.errors import ConfigError, EnvironmentFault, disk_full, first_line
 from joulebench.tracking.outbox import OUTBOX_ROOT, STORE_FAILURES, Call, Outbox, is_permanent, load, send
@@ -97,8 +97,6 @@ def config_params(config: RunConfig, weights_source: str) -> dict[str, Any]:
     return config.params() | {"weights_source": weights_source}
 
 
-OUTAGE_GRACE_SECONDS = 30.0  # at a run's end, how long to wait for a store that went away
-OUTAGE_POLL_SECONDS = 5.0
 # A run's calls give up on a silent server after seconds, not MLflow's default of minutes:
 # what the store does not take is kept in the outbox and sent when it answers again.
 RUN_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -191,12 +189,12 @@ class Recorder:
 
     def end(self, status: str) -> None:
         """Close the run with ``status``; EnvironmentFault if the store has not taken everything
-        within OUTAGE_GRACE_SECONDS (the outbox keeps it, and the message says how to send it)."""
+        within timings.OUTAGE_GRACE (the outbox keeps it, and the message says how to send it)."""
         self._send(Call("set_terminated", {"status": status, "end_time": get_current_time_millis()}, []))
-        waited = 0.0
-        while self.outbox.pending and waited < OUTAGE_GRACE_SECONDS:
-            time.sleep(OUTAGE_POLL_SECONDS)
-            waited += OUTAGE_POLL_SECONDS
+        waited, grace, poll = 0.0, timings.OUTAGE_GRACE.seconds(), timings.OUTAGE_POLL.seconds()
+        while self.outbox.pending and waited < grace:
+            time.sleep(poll)
+            waited += poll
             self._flush_if_answering()
         if self.outbox.pending:
             raise EnvironmentFault(

@@ -22,7 +22,7 @@ import sqlalchemy.exc
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
-from joulebench import names
+from joulebench import names, timings
 from joulebench.errors import (
     ConfigError, EnvironmentFault, disk_full, disk_full_line, first_line, full_disk_fault, nearest_existing,
     says_disk_full, why_unwritable,
@@ -31,9 +31,7 @@ from joulebench.errors import (
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Where `mlflow run` mounts a local store in its container (mlflow.projects.docker): no path on the host.
 MLFLOW_RUN_CONTAINER_STORE = "/mlflow/tmp/mlruns"
-HEALTH_ATTEMPTS = 3  # a server is given 3 × 3 s + 2 × 2 s = 13 s to answer
-HEALTH_TIMEOUT_SECONDS = 3.0
-HEALTH_PAUSE_SECONDS = 2.0
+HEALTH_ATTEMPTS = 3  # a server is given 3 × timings.HEALTH_TIMEOUT + 2 × timings.HEALTH_PAUSE (13 s) to answer
 
 
 def tracking_uri() -> str:
@@ -49,13 +47,13 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def answers(uri: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
+def answers(uri: str, timeout: float | None = None) -> bool:
     """Whether the store answers now: a server's ``/health`` within ``timeout``; a local store
     is taken to (its own calls say otherwise)."""
     if not is_server(uri):
         return True
     try:
-        return requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).ok
+        return requests.get(f"{uri.rstrip('/')}/health", timeout=timeout or timings.HEALTH_TIMEOUT.seconds()).ok
     except requests.exceptions.RequestException:
         return False
 
@@ -67,7 +65,7 @@ def check_server(uri: str) -> None:
         if answers(uri):
             return
         if attempt + 1 < HEALTH_ATTEMPTS:
-            time.sleep(HEALTH_PAUSE_SECONDS)
+            time.sleep(timings.HEALTH_PAUSE.seconds())
     raise EnvironmentFault(
         f"no MLflow tracking server answers at {uri} (checked {uri.rstrip('/')}/health "
         f"{HEALTH_ATTEMPTS} times); start it (`mlflow server --host HOST --port PORT`) or set "
