@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from joulebench import names
 from joulebench.config import (
     CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, RunConfig, make_config, option_fields,
     resolve_device,
@@ -78,19 +79,19 @@ def train(**options: Any) -> None:
 def format_summary(summary: Any) -> str:
     """The end-of-run lines: accuracy, energy with its source, duration, run id, UI command."""
     metrics = summary.result.metrics()
-    energy = metrics.get("energy_total_j")
+    energy = metrics.get(names.ENERGY_TOTAL_J)
     energy_text = (
-        f"{energy / 1000:.3f} kJ total, {metrics.get('energy_train_j', 0) / 1000:.3f} kJ training "
+        f"{energy / 1000:.3f} kJ total, {metrics.get(names.ENERGY_TRAIN_J, 0) / 1000:.3f} kJ training "
         f"(source: {summary.energy_sources})"
         if energy is not None else f"not measured (source: {summary.energy_sources})"
     )
-    top5 = f", top-5 {metrics['top5']:.4f}" if "top5" in metrics else ""
-    warmup = (f", warm-up {100 * metrics['warmup_share']:.0f} % of it" if "warmup_share" in metrics else "")
+    top5 = f", top-5 {metrics[names.TOP5]:.4f}" if names.TOP5 in metrics else ""
+    warmup = f", warm-up {100 * metrics[names.WARMUP_SHARE]:.0f} % of it" if names.WARMUP_SHARE in metrics else ""
     flags = [f"flag      {name}: {why}" for name, why in summary.flags.items()]
     return "\n".join([
-        f"accuracy  {metrics['accuracy']:.4f}{top5}",
+        f"accuracy  {metrics[names.ACCURACY]:.4f}{top5}",
         f"energy    {energy_text}",
-        f"duration  {metrics['duration_s']:.1f} s ({metrics['train_seconds']:.1f} s training{warmup})",
+        f"duration  {metrics[names.DURATION_S]:.1f} s ({metrics[names.TRAIN_SECONDS]:.1f} s training{warmup})",
         *flags,
         f"run id    {summary.run_id}",
         *([f"model     {summary.registered}  (fine-tune from it: --weights {summary.registered})"]

@@ -1,4 +1,5 @@
-"""Names that cross modules: what ``train`` and the pipeline write to MLflow and ``report`` reads back.
+"""Names that cross modules: what the loop and the pipeline write to MLflow and ``report`` and the
+CLI read back, and the energy windows the loop opens and its result reads.
 
 A literal spelled in two modules can drift apart silently (a renamed metric becomes a report
 column that says "not measured"); a constant here fails loudly at import. Names only one module
@@ -13,6 +14,7 @@ EPOCH_JOULES = "epoch_joules"
 
 # Final metrics of a run.
 ACCURACY = "accuracy"
+TOP5 = "top5"
 DURATION_S = "duration_s"
 TRAIN_SECONDS = "train_seconds"
 ENERGY_TOTAL_J = "energy_total_j"
@@ -25,6 +27,14 @@ FLOPS_PER_SAMPLE = "flops_per_sample"
 PARAMETERS = "parameters"
 WEIGHT_BYTES = "weight_bytes"
 FLOP_PER_J = "flop_per_j"
+WARMUP_SHARE = "warmup_share"  # of the training energy (of its time where no meter read both)
+
+# Energy window phases: ``train.run`` opens them, ``RunResult`` and the pipeline read them back
+# (the per-epoch ``train``, ``eval`` and ``warmup`` windows are the loop's own).
+TOTAL_PHASE = "total"  # encloses every other window
+IDLE_PHASE = "idle"
+COMPRESS_PHASE = "compress"
+INFERENCE_PHASE = "inference"
 
 # Run tags.
 CONFIG_HASH = "config_hash"  # on measured runs only: a sweep skips a hash that has a FINISHED run

@@ -53,7 +53,7 @@ def weights_source(config: RunConfig, stored: StoredWeights | None = None) -> st
 
 def energy_tags(result: RunResult, monitor: energy.EnergyMonitor) -> dict[str, str]:
     """``energy_source`` overall and per device, and why unused meters were not used."""
-    total = result.phases["total"]
+    total = result.phases[names.TOTAL_PHASE]
     tags = {f"{names.ENERGY_SOURCE}.{device}": source for device, source in sorted(total.sources.items())}
     tags[names.ENERGY_SOURCE] = "+".join(sorted(set(total.sources.values()))) or "none (no meter could be read)"
     for meter, reason in monitor.unavailable.items():
@@ -209,7 +209,7 @@ def _log_result(
     metrics = result.metrics()
     if monitor.emissions_kg is not None:
         metrics["co2_kg"] = monitor.emissions_kg
-    peak = monitor.peak_watts(result.phases["total"])
+    peak = monitor.peak_watts(result.phases[names.TOTAL_PHASE])
     if peak is not None:
         metrics["peak_watts"] = peak
     recorder.log_metrics(metrics)

@@ -74,7 +74,7 @@ class RunResult:
         return sum(e.train.seconds for e in self.epochs)
 
     def idle_watts(self) -> float | None:
-        idle = self.phases.get("idle")
+        idle = self.phases.get(names.IDLE_PHASE)
         return idle.mean_watts if idle else None
 
     def net(self, joules: float | None, seconds: float) -> float | None:
@@ -84,13 +84,13 @@ class RunResult:
 
     def metrics(self) -> dict[str, float]:
         """Final metrics; keys missing where a value could not be measured (never 0)."""
-        total = self.phases["total"]
+        total = self.phases[names.TOTAL_PHASE]
         train_j, train_s = self.train_joules(), self.train_seconds()
         samples = sum(e.samples for e in self.epochs)
         after = self.report.after
         values: dict[str, float | None] = {
             names.ACCURACY: self.final.val_accuracy,
-            "top5": self.final.val_top5,
+            names.TOP5: self.final.val_top5,
             names.DURATION_S: total.seconds,
             names.TRAIN_SECONDS: train_s,
             "train_samples": samples,
@@ -108,7 +108,7 @@ class RunResult:
             names.FLOPS_PER_SAMPLE: after.flops_per_sample,
             "flops_per_sample_before": self.report.before.flops_per_sample,
         }
-        for phase in ("compress", "inference"):
+        for phase in (names.COMPRESS_PHASE, names.INFERENCE_PHASE):
             if phase in self.phases:
                 values[f"energy_{phase}_j"] = self.phases[phase].total_joules
         values["energy_eval_j"] = _sum_or_none(e.eval.total_joules for e in self.epochs)
@@ -117,7 +117,7 @@ class RunResult:
                 values[key.replace("_j", "_kwh")] = values[key] / 3.6e6
         if train_j:
             values[names.FLOP_PER_J] = TRAIN_FLOPS_PER_FORWARD * after.flops_per_sample * samples / train_j
-        inference = self.phases.get("inference")
+        inference = self.phases.get(names.INFERENCE_PHASE)
         if inference and self.inference_images:
             values["inference_ms_per_image"] = 1000 * inference.seconds / self.inference_images
             if inference.total_joules is not None:
@@ -127,7 +127,7 @@ class RunResult:
         if self.warmup is not None:
             values["warmup_seconds"] = self.warmup.seconds
             values["energy_warmup_j"] = self.warmup.total_joules
-            values["warmup_share"] = self.warmup_share()
+            values[names.WARMUP_SHARE] = self.warmup_share()
         return {key: float(value) for key, value in values.items() if value is not None}
 
     def warmup_share(self) -> float | None:

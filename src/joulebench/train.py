@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from joulebench import names
 from joulebench.compress import Method, OptimizerWithPasses, compress
 from joulebench.compress.base import OptimizerFactory
 from joulebench.compute import ComputeSettings
@@ -111,10 +112,10 @@ def run(
     val_loader = make_loader(data.val, config.batch_size, False, config.seed, device)
     example = next(iter(val_loader))[0][:2].to(device)
     model = model.to(device)
-    with monitor.window("total"):
-        with monitor.window("idle"):
+    with monitor.window(names.TOTAL_PHASE):
+        with monitor.window(names.IDLE_PHASE):
             time.sleep(config.idle_seconds)
-        with monitor.window("compress"):
+        with monitor.window(names.COMPRESS_PHASE):
             model, report = compress(method, model, example)
             model = model.to(device)
             synchronize(device)
@@ -144,7 +145,7 @@ def run(
             )
             result.epochs.append(epoch_result)
             on_epoch(epoch_result)
-        with monitor.window("inference"):
+        with monitor.window(names.INFERENCE_PHASE):
             result.inference_images = benchmark_inference(model, val_loader, settings, config.inference_batches)
             synchronize(device)
     # Per-epoch windows live in the epochs (and result.warmup); the rest are the run's phases.
