@@ -1,9 +1,7 @@
-"""Shared fixtures: every test that touches MLflow gets its own sqlite store in a temp dir."""
+"""Fixtures only (what test modules share otherwise is in tests/support/): every test that
+touches MLflow gets its own sqlite store in a temp dir."""
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -43,17 +41,6 @@ def workdir(tmp_path, monkeypatch, empty_store):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
-
-
-def run_cli(args, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the installed ``joulebench`` console script as a user would."""
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    environment.update(env or {})
-    executable = Path(sys.executable).with_name("joulebench")
-    return subprocess.run(
-        [str(executable), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env=environment,
-    )
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,50 +21,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import run_cli
-from support import MlflowServer, free_port
-from test_campaign_input import images
+from support import MlflowServer, free_port, images, run_cli
+from support.grid import grid
+from support.campaign import LONG, QUICK, cells, runs, running_cell_with_an_epoch, start, wait_for
 
-JOULEBENCH = str(Path(sys.executable).with_name("joulebench"))
-QUICK = ["--model", "tinynet", "--weights", "none", "--idle-seconds", "0", "--inference-batches", "1", "--quiet"]
-LONG = [*QUICK, "--epochs", "60", "--limit-train-batches", "3"]  # long enough to be stopped mid-run
 SWEEP = ["sweep", "--models", "tinynet", "--methods", "baseline,prune", *LONG[2:]]
-
-
-def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
-    return subprocess.Popen([JOULEBENCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=environment)
-
-
-def runs(uri: str, experiment: str = "joulebench") -> list:
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id]) if found else []
-
-
-def cells(uri: str) -> list:
-    return [run for run in runs(uri) if "config_hash" in run.data.tags]
-
-
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode} while waiting for {what}: {process.communicate()}")
-        try:
-            value = condition()
-        except Exception:  # the store may still be being created
-            value = None
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def running_cell_with_an_epoch(uri: str):
-    running = [run for run in cells(uri) if run.info.status == "RUNNING" and "val_accuracy" in run.data.metrics]
-    return running[0] if running else None
 
 
 def pid_gone(pid: int) -> bool:
@@ -160,8 +120,6 @@ SHORT_SWEEP = [*SWEEP[:5], *QUICK[2:], "--epochs", "1", "--limit-train-batches",
 
 def _grid_hashes(sweep: list[str]) -> list[str]:
     """The cells' config hashes, as ``joulebench sweep`` computes them for these arguments."""
-    from test_sweep import grid
-
     return [c.config_hash for c in grid(["tinynet"], ["baseline", "prune"], 1, None, *sweep[5:])]
 
 

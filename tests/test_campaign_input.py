@@ -17,25 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
 from joulebench.cli import main
 from joulebench.config import MAX_SEED
 
-from support import free_port
+from support import free_port, images, run_cli
 
 QUICK = ["--model", "tinynet", "--weights", "none", "--epochs", "1", "--limit-train-batches", "2",
          "--idle-seconds", "0", "--inference-batches", "1", "--quiet"]
-
-
-def images(folder: Path, classes: list[str], per_class: int = 6, size: int = 12) -> None:
-    """``per_class`` small random PNGs in one sub-directory per class."""
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for index in range(per_class):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / name / f"{index}.png")
 
 
 def _train_val_mismatch(d: Path) -> None:
@@ -238,8 +227,6 @@ def test_campaign_bad_input(case: Case, workdir: Path, monkeypatch, capsys):
 
 def test_a_store_that_is_a_directory_is_refused_at_once(tmp_path):
     """`mlflow.db` a directory: bad input, said in one line at once (MLflow would retry for a minute)."""
-    from conftest import run_cli
-
     (tmp_path / "mlflow.db").mkdir()
     started = time.monotonic()
     result = run_cli(train(), cwd=tmp_path)
@@ -254,8 +241,6 @@ def test_a_store_that_is_a_directory_is_refused_at_once(tmp_path):
     (None, "no MLflow store at sqlite:///"),
 ])
 def test_report_on_a_store_that_is_not_one_is_one_line(tmp_path, content, said):
-    from conftest import run_cli
-
     store = tmp_path / "runs.db"
     if content is not None:
         store.write_bytes(content)
@@ -269,8 +254,6 @@ def test_image_file_names_that_are_not_utf8_are_escaped_not_fatal(tmp_path):
     """A file name MLflow cannot hold as text (not UTF-8) is listed with \\x escapes; the run
     finishes (it was taken for an outage and left RUNNING)."""
     import os
-
-    from conftest import run_cli
 
     images(tmp_path / "data", ["cat", "dog"])
     (tmp_path / "data" / "dog" / os.fsdecode(b"\xfe.png")).write_bytes(b"not an image")

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from joulebench.capacity import largest_safe_bits
 
-from conftest import run_cli
+from support import run_cli
 
 QUICK = ["--model", "tinynet", "--weights", "none", "--epochs", "1", "--limit-train-batches", "4",
          "--idle-seconds", "0", "--inference-batches", "1", "--quiet"]

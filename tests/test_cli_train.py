@@ -17,8 +17,7 @@ from joulebench.cli import main
 from joulebench.energy import describe_meters
 from joulebench.models import build_model
 
-from conftest import run_cli
-from support import only_run, parameter_count
+from support import only_run, parameter_count, run_cli, runs_in
 
 SOURCES = {"nvml_counter", "nvml_power", "rapl", "codecarbon_estimate"}
 
@@ -120,12 +119,7 @@ def test_bad_input_one_line_exit_2_no_run(workdir, capsys, args, message):
     assert len(lines) == 1, err
     assert message in lines[0] and lines[0].startswith("joulebench: error: ")
     assert "Traceback" not in err
-    assert not _runs_in(workdir / "mlflow.db")
-
-
-def _runs_in(store: Path) -> list:
-    client = MlflowClient(f"sqlite:///{store}")
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not runs_in(workdir / "mlflow.db")
 
 
 def test_unwritable_tracking_store_is_one_line(workdir, capsys, monkeypatch):
@@ -164,7 +158,7 @@ def _wait_for_first_epoch(store: Path, process: subprocess.Popen, timeout: float
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1]
         try:
-            runs = _runs_in(store)
+            runs = runs_in(store)
         except Exception:  # the CLI may still be creating the store's tables
             runs = []
         if runs and "val_accuracy" in runs[0].data.metrics:

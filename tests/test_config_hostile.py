@@ -92,7 +92,7 @@ def test_a_sample_end_to_end_is_exit_2_one_line_and_no_run(workdir, args):
     """Through the real command line: exit 2, one line naming the option, no run in the store."""
     from mlflow.tracking import MlflowClient
 
-    from conftest import run_cli
+    from support import run_cli
 
     result = run_cli(["train", "--model", "tinynet", "--method", "stego", "--weights", "none", *args], cwd=workdir)
     lines = result.stderr.strip().splitlines()

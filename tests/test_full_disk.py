@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
-from test_campaign_faults import LONG, QUICK, running_cell_with_an_epoch, runs, start, wait_for
+from support import run_cli
+from support.campaign import LONG, QUICK, running_cell_with_an_epoch, runs, start, wait_for
 
 ONE_EPOCH = [*QUICK, "--epochs", "1", "--limit-train-batches", "1"]
 

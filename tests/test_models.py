@@ -23,8 +23,7 @@ from joulebench.models import (
     sha256_of,
     verify_hash,
 )
-from support import parameter_count
-from test_cli_train import _runs_in
+from support import parameter_count, runs_in
 
 # DESIGN.md's figures, in millions: the registry must agree within 1 %.
 DESIGN_MILLIONS = {
@@ -270,7 +269,7 @@ def test_cli_refuses_int8_weights_one_line_exit_2_no_run(workdir, capsys):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "features.0.0.weight as torch.int8" in lines[0], err
-    assert not _runs_in(workdir / "mlflow.db")
+    assert not runs_in(workdir / "mlflow.db")
 
 
 def test_weights_fine_tuned_on_another_task_load_their_body_and_get_a_new_head(tmp_path):

@@ -17,7 +17,7 @@ from mlflow.projects import _parse_kubernetes_config
 from mlflow.projects.utils import load_project
 from mlflow.tracking import MlflowClient
 
-from joulebench.cli import main, sweep, train
+from joulebench.cli import main, train
 from joulebench.config import make_config
 from joulebench.errors import ConfigError
 from joulebench.sweep import (
@@ -26,7 +26,6 @@ from joulebench.sweep import (
     LocalRunner,
     Progress,
     check_job_template,
-    expand_grid,
     grid_table,
     load_backend_config,
     parse_method_overrides,
@@ -34,16 +33,12 @@ from joulebench.sweep import (
     sweep_hash,
 )
 
-from conftest import run_cli
+from support import run_cli
+from support.grid import grid
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 QUICK = ["--weights", "none", "--epochs", "1", "--limit-train-batches", "2", "--idle-seconds", "0",
          "--inference-batches", "1"]
-
-
-def sweep_options(*args: str) -> dict:
-    """The options ``joulebench sweep`` hands to the sweep, parsed by the real command line."""
-    return sweep.make_context("sweep", ["--models", "tinynet", *args]).params
 
 
 def config_options(train_arguments: list[str]) -> dict:
@@ -52,14 +47,6 @@ def config_options(train_arguments: list[str]) -> dict:
     options.pop("quiet")
     assert options.pop("run_json") is None  # a sweep's children never write a run record
     return options
-
-
-def grid(models, methods, repeats, overrides=None, *args, run_device=None):
-    options = sweep_options(*args)
-    training = {k: v for k, v in options.items()
-                if k not in ("models", "methods", "repeats", "params", "gpus", "backend", "backend_config",
-                             "force", "quiet") and not k.startswith("slurm_")}
-    return expand_grid(models, methods, repeats, overrides or {}, training, run_device)
 
 
 def test_grid_is_repeat_major_baseline_first_with_seeds_and_method_params():

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
-from support import MlflowServer, free_port
+from support import MlflowServer, free_port, run_cli
 from support.slurm import slurm_cluster
 
 pytestmark = [

@@ -10,8 +10,7 @@ import pytest
 
 from joulebench import timings
 from joulebench.errors import ConfigError
-from conftest import run_cli
-from support import free_port
+from support import free_port, run_cli
 
 WAITS = [value for value in vars(timings).values() if isinstance(value, timings.Wait)]
 

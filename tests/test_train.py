@@ -20,8 +20,7 @@ from joulebench.errors import ConfigError
 from joulebench.models import build_model
 from joulebench.pipeline import train_and_record
 
-from conftest import run_cli
-from support import only_run
+from support import only_run, run_cli
 
 CPU = torch.device("cpu")
 

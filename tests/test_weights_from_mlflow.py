@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from support import run_cli
 
 QUICK = ["--epochs", "1", "--limit-train-batches", "2", "--idle-seconds", "0", "--inference-batches", "1",
          "--image-size", "32", "--quiet"]

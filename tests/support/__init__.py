@@ -12,8 +12,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from torch import nn
+
+JOULEBENCH = str(Path(sys.executable).with_name("joulebench"))  # the installed console script
 
 
 MAX_RANGE_UJ = 262_143_328_850  # max_energy_range_uj of a real package zone (Xeon)
@@ -49,6 +53,34 @@ class PowercapTree:
         """Advance a counter as the hardware does, wrapping at its range."""
         max_range = int((self.root / zone / "max_energy_range_uj").read_text())
         self.set(zone, (self.energy(zone) + round(joules * 1e6)) % max_range)
+
+
+def cli_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment less MLFLOW_TRACKING_URI (a CLI's store is its folder's
+    mlflow.db unless ``env`` names one), plus ``env``."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
+
+
+def run_cli(args, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ``joulebench`` console script as a user would."""
+    return subprocess.run([JOULEBENCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=cli_environment(env))
+
+
+def images(folder: Path, classes: list[str], per_class: int = 6, size: int = 12) -> None:
+    """``per_class`` small random PNGs in one sub-directory per class."""
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{index}.png")
+
+
+def runs_in(store: Path) -> list:
+    """Every run in the sqlite store at ``store``, in any experiment."""
+    client = MlflowClient(f"sqlite:///{store}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 def only_run(store: Path):
