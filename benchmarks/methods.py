@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from joulebench import energy
 from joulebench.compress import CompressionReport, build_method, compress, parse_method_params
-from joulebench.config import RunConfig
+from joulebench.config import make_config
 from joulebench.models import build_model
 from joulebench.compute import compute_settings, native_bfloat16_cpu
 from joulebench.train import LossTally, prepare, synchronize, train_steps
@@ -111,7 +111,8 @@ def plain_arm(model_name: str, device: torch.device) -> Arm:
 def kit_arm(model_name: str, method_name: str, pairs: tuple[str, ...], example: torch.Tensor) -> Arm:
     """A method on the kit's own training path, exactly as ``joulebench train`` runs it."""
     torch.manual_seed(0)
-    config = RunConfig(model=model_name, method=method_name, device=str(example.device), lr=1e-3)
+    config = make_config(model=model_name, method=method_name, params=pairs, device=str(example.device), lr=1e-3,
+                         weights="none")
     method = build_method(method_name, parse_method_params(method_name, pairs))
     model = build_model(model_name, 10).to(example.device)
     settings = compute_settings(config, model, method)

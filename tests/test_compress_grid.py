@@ -17,7 +17,7 @@ from torch import nn
 
 from joulebench.compress import build_method, compress, method_names, parse_method_params
 from joulebench.models import PAPER_MODELS, build_model, image_sizes
-from joulebench.config import RunConfig
+from joulebench.config import make_config
 from joulebench.compute import compute_settings, native_bfloat16_cpu
 from joulebench.train import LossTally, prepare, train_steps
 
@@ -44,7 +44,7 @@ def test_every_paper_model_compresses_and_trains_one_step_on_the_training_path(n
     size = TRAINING_SIZES.get(name, image_sizes(name).minimum)
     inputs, labels = torch.randn(2, 3, size, size), torch.tensor([3, 7])
     method = build_method(method_name, parse_method_params(method_name, []))
-    config = RunConfig(model=name, method=method_name, optimizer="sgd", lr=1e-3, image_size=size)
+    config = make_config(model=name, method=method_name, optimizer="sgd", lr=1e-3, image_size=size, weights="none")
     model = copy.deepcopy(pristine(name))
     settings = compute_settings(config, model, method)
     model, report = compress(method, model, inputs)

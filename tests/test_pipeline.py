@@ -8,7 +8,7 @@ from pathlib import Path
 
 from joulebench import pipeline
 from joulebench.compress import CompressionReport, ModelStats
-from joulebench.config import RunConfig
+from joulebench.config import make_config
 from joulebench.energy import EnergyMonitor
 from joulebench.energy.rapl import RaplMeter
 from joulebench.results import RunResult
@@ -26,7 +26,7 @@ def recorded_windows(tree: PowercapTree) -> tuple[EnergyMonitor, RunResult]:
             tree.add("intel-rapl:0", 2.0)
             tree.add("intel-rapl:0:2", 1.0)
     stats = ModelStats(parameters=10, nonzero_parameters=10, weight_bytes=40, flops_per_sample=100)
-    result = RunResult(RunConfig(), CompressionReport("baseline", {}, stats, stats),
+    result = RunResult(make_config(), CompressionReport("baseline", {}, stats, stats),
                        phases={m.phase: m for m in monitor.measurements if m.epoch is None})
     return monitor, result
 

@@ -223,7 +223,7 @@ def test_energy_to_accuracy_from_epoch_history(report_out):
 def test_markdown_html_and_plots(report_out):
     out = report_out
     markdown = (out / "summary.md").read_text()
-    assert "## digits · cpu@h1 · weights=imagenet, epochs=3, batch_size=64, lr=0.001, optimizer=adam" in markdown
+    assert "## digits · cpu@h1 · data_dir=None, weights=imagenet, epochs=3, batch_size=64, optimizer=adam, lr=0.001" in markdown
     lead, stego_line = [line for line in markdown.splitlines() if line.startswith("| resnet18 | 32 | stego |")]
     # The comparison leads: train energy, train time, accuracy over the baseline's, with the 95 %
     # interval of the ratio (delta method on its log, Welch–Satterthwaite df) and Welch's mark.
@@ -493,19 +493,19 @@ def test_runs_differing_only_in_deterministic_are_two_groups(caveat_report):
     for deterministic in ("True", "False"):
         rows = caveat_rows(caveat_report, deterministic)
         assert rows["resnet18", "baseline"]["n"] == "3" and rows["resnet18", "stego"]["n"] == "3"
-        assert rows["resnet18", "baseline"]["settings"].endswith(f"deterministic={deterministic}; tf32=False")
+        assert f"; deterministic={deterministic}; tf32=False;" in rows["resnet18", "baseline"]["settings"]
     unmarked = caveat_rows(caveat_report, "False")["resnet18", "stego"]
     assert unmarked["energy_train_j_significance"] == "**" and unmarked["short_run"] == ""
     markdown = (caveat_report / "summary.md").read_text()
     assert markdown.count("## digits · cpu@h1 ·") == 3
-    assert "limit_train_batches=None, deterministic=False, tf32=False" in markdown
+    assert "deterministic=False, tf32=False, limit_train_batches=None" in markdown
 
 
 def test_runs_without_the_new_params_still_report_in_their_own_group(caveat_report):
     rows = caveat_rows(caveat_report, "None")  # logged before `deterministic` and `tf32` existed
     assert sorted(rows) == [("resnet18", "baseline"), ("resnet18", "stego")]
     stego = rows["resnet18", "stego"]
-    assert stego["settings"].endswith("deterministic=None; tf32=None") and stego["n"] == "3"
+    assert "; deterministic=None; tf32=None;" in stego["settings"] and stego["n"] == "3"
     assert stego["energy_train_j_significance"] == "**"
     assert float(stego["energy_train_j_ratio"]) == pytest.approx(623.3333333 / 1050.0)
 

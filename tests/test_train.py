@@ -14,7 +14,7 @@ from torch import nn
 
 from joulebench import compute, results, train
 from joulebench.compress import CompressionReport, ModelStats, build_method, parse_method_params
-from joulebench.config import RunConfig, make_config
+from joulebench.config import make_config
 from joulebench.energy import Measurement
 from joulebench.errors import ConfigError
 from joulebench.models import build_model
@@ -38,7 +38,7 @@ def result_with(train_seconds: float, train_joules: float | None, warmup: Measur
     epoch = results.EpochResult(1, 0.5, 0.9, None, 100, window("train", train_seconds, train_joules),
                               window("eval", 1.0, train_joules and 1.0))
     stats = ModelStats(parameters=10, nonzero_parameters=10, weight_bytes=40, flops_per_sample=100)
-    return results.RunResult(RunConfig(), CompressionReport("baseline", {}, stats, stats), epochs=[epoch],
+    return results.RunResult(make_config(), CompressionReport("baseline", {}, stats, stats), epochs=[epoch],
                            warmup=warmup)
 
 

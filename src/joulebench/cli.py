@@ -17,7 +17,7 @@ import click
 
 from joulebench import names
 from joulebench.config import (
-    CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, RunConfig, make_config, option_fields,
+    CAPACITY, FILE, FOLDER, PARAMS_FILE, SWEEP, TRAIN, Option, declaration, make_config, option_fields,
     resolve_device,
 )
 from joulebench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, JoulebenchError, disk_full
@@ -40,9 +40,9 @@ def _click_type(hint: Any) -> Any:
 
 def _click_option(name: str, spec: Option) -> Callable[[Any], Any]:
     settings = dict(spec.click)
-    if "type" in settings:
-        settings["type"] = _click_type(settings["type"])
-    return click.option(spec.flag(name), spec.keyword(name), default=spec.cli_default, show_default=True,
+    if not settings.get("is_flag"):  # without a hint click passes the text: the field's parser words a mistake
+        settings["type"] = _click_type(settings.get("type", click.STRING))
+    return click.option(spec.flag(name), spec.keyword(name), default=spec.default, show_default=True,
                         help=spec.help, **settings)
 
 
@@ -146,7 +146,7 @@ def meters(device: str) -> None:
 
     from joulebench.energy import describe_meters
 
-    country = RunConfig().country  # what a run would estimate CO2 with by default
+    country = declaration("country").default  # what a run estimates CO2 with by default
     for name, available, detail in describe_meters(torch.device(resolve_device(device)), country):
         click.echo(f"{name:<12} {'yes' if available else 'no ':<4} {detail}")
 

@@ -20,10 +20,8 @@ from torch import nn
 
 from joulebench.compress import Method
 from joulebench.config import RunConfig
-from joulebench.errors import ConfigError
 
 FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # torch.optim's fused Adam and SGD run on these
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)
@@ -89,12 +87,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def compute_settings(config: RunConfig, model: nn.Module, method: Method) -> ComputeSettings:
-    """The training path for ``config``'s device and this model and method (``autocast_dtype``
-    raises ConfigError for a precision the device cannot run)."""
+    """The training path for ``config``'s device and this model and method (make_config has
+    checked the rules between them: BatchNorm's batch size, a precision the device cannot run)."""
     device = torch.device(config.device)
-    if config.batch_size < 2 and any(isinstance(m, BATCH_NORMS) for m in model.modules()):
-        raise ConfigError(f"--batch-size {config.batch_size} cannot train {config.model}: its BatchNorm "
-                          "layers need at least 2 samples per batch; pass --batch-size 2 or more")
     stored, autocast = method.stored_dtype(), method.autocast_dtype(device.type)
     return ComputeSettings(
         device=device,

@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, InitVar, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,11 @@ FILING = "filing"  # where the result is filed: never hashed, never a param
 TRAIN, CAPACITY, SWEEP = "train", "capacity", "sweep"
 TRAINING = frozenset({TRAIN, CAPACITY, SWEEP})  # the commands that train: they share these options
 
+# How the report compares runs that differ in an identity option (report/rows.py reads it):
+SPLITS_GROUPS = "groups"  # not comparable at all: another table (the default, so a new option is never pooled)
+SPLITS_ROWS = "rows"  # compared side by side: another row of the same table (model, method, …)
+VARIES_IN_ROW = "repeats"  # what repeats vary: the runs of one row (seed, repeat index)
+
 Resolved = dict[str, Any]  # the fields validated so far, in declaration order
 Parser = Callable[[str, Any, Resolved], Any]  # (option flag, raw value, resolved) → value or ConfigError
 
@@ -51,7 +56,7 @@ def _as_given(flag: str, value: Any, resolved: Resolved) -> Any:
 
 @dataclass(frozen=True)
 class Option:
-    """How a RunConfig field is offered and checked (its type and default are the field's own)."""
+    """How a RunConfig field is offered, checked and compared (its type is the field's own)."""
 
     role: str
     help: str
@@ -59,7 +64,15 @@ class Option:
     parse: Parser
     key: str | None  # the keyword make_config takes when it is not the field's name (params)
     cli_flag: str | None  # the command-line flag when it is not derived from the key (--param)
-    cli_default: Any  # what the command line starts from when not the field's default (None: derived)
+    # The one default: the raw value make_config starts from and `--help` shows — command-line text
+    # where the field's parser should word a mistake (click would refuse "3x" for an int default in
+    # its own words), None where the value is derived (lr from the optimizer, image size from the model).
+    default: Any
+    compare: str | None  # SPLITS_GROUPS, SPLITS_ROWS or VARIES_IN_ROW; None for FILING
+    # The value every run made before this option existed used (MISSING for the original options):
+    # config_hash leaves the option out at that value, so adding it keeps every earlier hash (a
+    # resumed sweep skips what it finished), and the report reads a run without the param as it.
+    absent_means: Any
     click: dict[str, Any]  # click.option settings beyond name, default and help
 
     def keyword(self, name: str) -> str:
@@ -79,15 +92,15 @@ def option(
     parse: Parser = _as_given,
     key: str | None = None,
     flag: str | None = None,
-    cli_default: Any = MISSING,
+    compare: str = SPLITS_GROUPS,
+    absent_means: Any = MISSING,
     **click: Any,
 ) -> Any:
-    """A RunConfig field with its :class:`Option` declaration."""
-    spec = Option(role, help, frozenset(commands), parse, key, flag,
-                  default if cli_default is MISSING else cli_default, click)
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"option": spec})
-    return field(default=default, metadata={"option": spec})
+    """A RunConfig field with its :class:`Option` declaration. The field itself has no default:
+    only :func:`make_config` builds a RunConfig, from ``default`` when the option is not given."""
+    spec = Option(role, help, frozenset(commands), parse, key, flag, default,
+                  compare if role == IDENTITY else None, absent_means, click)
+    return field(metadata={"option": spec})
 
 
 # --------------------------------------------------------------------------- validators
@@ -400,37 +413,37 @@ class RunConfig:
 
     model: str = option(
         "resnet18", "One of the paper's nine (densenet121 … vgg16), tinynet, or any torchvision classifier.",
-        commands={TRAIN, CAPACITY}, parse=_model)
+        commands={TRAIN, CAPACITY}, parse=_model, compare=SPLITS_ROWS)
     method: str = option(
         "baseline", "baseline | stego | prune | lowrank (`joulebench methods` lists their parameters).",
-        commands={TRAIN})  # checked with its parameters, by method_params (declared next)
+        commands={TRAIN}, compare=SPLITS_ROWS)  # checked with its parameters, by method_params (declared next)
     # Parsed from two inputs: --params-file (declared as PARAMS_FILE below) and --param.
     method_params: dict[str, Any] = option(
-        {}, "Method parameter (repeatable).", commands={TRAIN}, parse=_method_params, key="params", flag="--param",
-        cli_default=(), multiple=True, metavar="KEY=VALUE")
+        (), "Method parameter (repeatable).", commands={TRAIN}, parse=_method_params, key="params", flag="--param",
+        compare=SPLITS_ROWS, multiple=True, metavar="KEY=VALUE")
     dataset: str = option(
         "digits", "digits (embedded, no download; digits:0-4 its classes 0–4) | cifar10 | imagefolder:PATH",
         parse=_dataset)
     data_dir: Path = option(
-        Path("data/datasets"), "Where DVC-tracked datasets live.", parse=_path,
-        cli_default="data/datasets", type=FOLDER)
+        "data/datasets", "Where DVC-tracked datasets live.", parse=_path, type=FOLDER)
     weights: str = option(
         "imagenet", "imagenet (data/weights/<model>-imagenet.pth, hash-checked) | none | PATH | "
         "runs:/RUN_ID/weights | models:/NAME/VERSION (a state dict in MLflow)", parse=_weights)
-    epochs: int = option(3, "Training epochs (> 0).", parse=_whole_positive, cli_default="3")
-    batch_size: int = option(64, "Batch size (> 0).", parse=_whole_positive, cli_default="64")
+    epochs: int = option(3, "Training epochs (> 0).", parse=_whole_positive)
+    batch_size: int = option(64, "Batch size (> 0).", parse=_whole_positive)
     optimizer: str = option(  # before lr, whose default it decides; adam listed first, the default
         "adam", "adam, or sgd with momentum 0.9.", parse=_optimizer, type=OPTIMIZERS[::-1])
     lr: float = option(
-        DEFAULT_LR["adam"],
+        None,
         f"Learning rate (> 0) [default: {DEFAULT_LR['adam']:g} adam, {DEFAULT_LR['sgd']:g} sgd].",
-        parse=_lr, cli_default=None)
-    seed: int = option(0, f"Seed of split, init and order (0 … {MAX_SEED}).", parse=_seed, type=int)
+        parse=_lr)
+    seed: int = option(
+        0, f"Seed of split, init and order (0 … {MAX_SEED}).", parse=_seed, compare=VARIES_IN_ROW, type=int)
     image_size: int = option(
-        DIGITS_IMAGE_SIZE,
+        None,
         f"Input side in pixels [default: {DIGITS_IMAGE_SIZE} on digits, or the model's minimum/fixed size].",
-        parse=_image_size, cli_default=None)
-    device: str = option("cpu", "auto | cpu | cuda | cuda:N", parse=_device, cli_default="auto")
+        parse=_image_size, compare=SPLITS_ROWS)
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", parse=_device)
     deterministic: bool = option(
         False, "Deterministic kernels (cuDNN autotuning off); `--deterministic` alone means true.",
         parse=_bool, **BOOL_OPTION)
@@ -448,7 +461,7 @@ class RunConfig:
     sample_hz: float = option(
         10.0, "GPU power sampling rate (power trace).", parse=_sample_hz, type=float)
     repeat: int = option(  # index of this run among a sweep's repeats of the same combination
-        0, "Repeat index (sweeps set it).", commands={TRAIN}, parse=_whole, type=int)
+        0, "Repeat index (sweeps set it).", commands={TRAIN}, parse=_whole, compare=VARIES_IN_ROW, type=int)
 
     experiment: str = option("joulebench", "MLflow experiment name.", role=FILING, parse=_experiment)
     run_name: str | None = option(
@@ -473,12 +486,19 @@ class RunConfig:
     parent_run_id: str | None = option(
         None, "Nest the run under this MLflow run (sweeps set it).", role=FILING, commands={TRAIN})
 
+    built_by: InitVar[object]  # make_config's token: no other path builds a RunConfig it did not validate
+
+    def __post_init__(self, built_by: object) -> None:
+        if built_by is not _MAKE_CONFIG:
+            raise TypeError("a RunConfig is built by config.make_config(**options), which validates it "
+                            "(or derived by config.as_baseline / config.on_device)")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str, indent=2, sort_keys=True)
 
     def identity(self) -> dict[str, Any]:
         """The fields that identify the result, by name."""
-        return {f.name: getattr(self, f.name) for f in option_fields(IDENTITY)}
+        return {f.name: getattr(self, f.name) for f in _fields(self, IDENTITY)}
 
     def params(self) -> dict[str, Any]:
         """The run's MLflow params: every identity field, the method's parameters as ``method.KEY``."""
@@ -487,21 +507,43 @@ class RunConfig:
         return identity | {names.method_param(key): value for key, value in method_params.items()}
 
     def config_hash(self) -> str:
-        """Identity of the result: equal hashes mean the same experiment (sweeps skip them)."""
-        return hashlib.sha256(json.dumps(self.identity(), default=str, sort_keys=True).encode()).hexdigest()[:16]
+        """Identity of the result: equal hashes mean the same experiment (sweeps skip them). An
+        option at the value runs had before it existed is left out, so adding one keeps every hash."""
+        hashed = {f.name: getattr(self, f.name) for f in _fields(self, IDENTITY)
+                  if getattr(self, f.name) != f.metadata["option"].absent_means}
+        return hashlib.sha256(json.dumps(hashed, default=str, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_MAKE_CONFIG = object()  # the token RunConfig requires; config.py alone holds it
+
+
+def as_baseline(config: RunConfig) -> RunConfig:
+    """The same settings, seed and repeat, uncompressed: the run ``config`` is compared against
+    (valid whenever ``config`` is: the baseline has no parameters and no rules of its own)."""
+    return replace(config, method="baseline", method_params={}, built_by=_MAKE_CONFIG)
+
+
+def on_device(config: RunConfig, device: str) -> RunConfig:
+    """``config`` as a child on a machine this process cannot look at (a pod) builds it: with the
+    device it will resolve there (sweep.placement chose it: cpu, or cuda:0 for a pinned GPU)."""
+    return replace(config, device=device, built_by=_MAKE_CONFIG)
 
 
 # An input of method_params, not a field: where --param's defaults come from (DVC's params.yaml).
 PARAMS_FILE = Option(
     IDENTITY, "YAML (DVC's params.yaml) whose methods.<METHOD> mapping gives the method's parameters; "
-    "--param overrides.", frozenset({TRAIN}), _optional_path, "params_file", None, None,
+    "--param overrides.", frozenset({TRAIN}), _optional_path, "params_file", None, None, None, MISSING,
     {"type": FILE},
 )
 
 
 def option_fields(role: str | None = None) -> Iterator[Field]:
     """RunConfig's fields in declaration order (only ``role``'s when given)."""
-    return (f for f in fields(RunConfig) if role is None or f.metadata["option"].role == role)
+    return _fields(RunConfig, role)
+
+
+def _fields(schema: Any, role: str | None) -> Iterator[Field]:
+    return (f for f in fields(schema) if role is None or f.metadata["option"].role == role)
 
 
 def declaration(name: str) -> Option:
@@ -522,8 +564,24 @@ def make_config(**raw: Any) -> RunConfig:
     resolved: Resolved = {PARAMS_FILE.key: raw.get(PARAMS_FILE.key)}
     for f in option_fields():
         spec: Option = f.metadata["option"]
-        resolved[f.name] = spec.parse(spec.flag(f.name), raw.get(spec.keyword(f.name), spec.cli_default), resolved)
-    return RunConfig(**resolved)
+        resolved[f.name] = spec.parse(spec.flag(f.name), raw.get(spec.keyword(f.name), spec.default), resolved)
+    _check_rules_between_options(resolved)
+    return RunConfig(**resolved, built_by=_MAKE_CONFIG)
+
+
+def _check_rules_between_options(resolved: Resolved) -> None:
+    """The rules no single option's parser can see. They are checked here, before any run opens,
+    so a sweep refuses a cell that breaks one while it builds the grid: after that, a cell that
+    fails does so for its own reasons (a diverging loss), and the sweep goes past it."""
+    from joulebench.method_params import device_problem
+    from joulebench.models import has_batch_norm
+
+    problem = device_problem(resolved["method"], resolved["method_params"], resolved["device"].partition(":")[0])
+    if problem:
+        raise ConfigError(problem)
+    if resolved["batch_size"] < 2 and has_batch_norm(resolved["model"]):
+        raise ConfigError(f"--batch-size {resolved['batch_size']} cannot train {resolved['model']}: its BatchNorm "
+                          "layers need at least 2 samples per batch; pass --batch-size 2 or more")
 
 
 def resolve_device(requested: str) -> str:

@@ -17,6 +17,7 @@ from joulebench.errors import ConfigError
 MAX_BITS = 23  # float32's mantissa; overwriting more would reach the exponent
 FILLS = ("zero", "random")
 STEGO_DTYPES = ("bfloat16", "float16")  # the compute dtypes stego may train in
+BFLOAT16_BITS = 16  # float32 keeps 16 more mantissa bits than bfloat16
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,30 @@ def method_names() -> list[str]:
     return sorted(PARAMS)
 
 
+# Rules between a method's parameters, and between them and the device. They are checked where the
+# values meet (parse_method_params; config.make_config for the device), so a sweep refuses a
+# cell that breaks one when it builds the grid, before its first child starts.
+
+
+def _stego_parameters_problem(values: dict[str, Any]) -> str | None:
+    if values["dtype"] == "float16" and values["bits"] < BFLOAT16_BITS:
+        return (f"stego dtype=float16 needs bits ≥ {BFLOAT16_BITS} (with bits={values['bits']} the kept bits "
+                "fit no 16-bit format and compute is float32); raise bits or drop dtype")
+    return None
+
+
+PARAMETER_RULES: dict[str, Callable[[dict[str, Any]], str | None]] = {"stego": _stego_parameters_problem}
+
+
+def device_problem(method: str, values: dict[str, Any], device_type: str) -> str | None:
+    """Why ``method`` with ``values`` cannot run on a ``device_type`` device, or None."""
+    if method == "stego" and values["dtype"] == "float16" and device_type != "cuda":
+        # Refused rather than silently swapped: a float16 run must be float16 on every host.
+        return (f"stego dtype=float16 runs on CUDA only (device is {device_type}); "
+                "use dtype=bfloat16 (the default) or --device cuda")
+    return None
+
+
 def parse_method_params(method: str, pairs: Iterable[str]) -> dict[str, Any]:
     """Turn ``key=value`` strings into validated values for ``method``; raise ConfigError."""
     if method not in PARAMS:
@@ -122,4 +147,8 @@ def parse_method_params(method: str, pairs: Iterable[str]) -> dict[str, Any]:
                 f"bad value {text!r} for {method}.{key}; accepted: {spec.accepted}"
             )
         values[key] = value
-    return {key: spec.default for key, spec in specs.items()} | values
+    values = {key: spec.default for key, spec in specs.items()} | values
+    problem = PARAMETER_RULES.get(method, lambda _: None)(values)
+    if problem:
+        raise ConfigError(problem)
+    return values

@@ -164,6 +164,17 @@ def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module
     return model
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def has_batch_norm(name: str) -> bool:
+    """Whether model ``name`` has BatchNorm layers, which train on 2 samples per batch at least.
+    Built on the meta device: no memory, no initialisation (50 ms for resnet18)."""
+    with torch.device("meta"):
+        model = TinyNet() if name == "tinynet" else _architecture(name)
+    return any(isinstance(module, BATCH_NORMS) for module in model.modules())
+
+
 def _architecture(name: str) -> nn.Module:
     """The randomly initialised ImageNet architecture (1000 classes), aux head kept."""
     kwargs = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}

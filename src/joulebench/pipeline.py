@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -15,7 +15,7 @@ import torch
 
 from joulebench import energy, names
 from joulebench.compress import build_method
-from joulebench.config import RunConfig
+from joulebench.config import RunConfig, as_baseline
 from joulebench.data import DataSplits, load_dataset
 from joulebench.models import build_model, default_weights_path, sha256_of
 from joulebench.tracking import (
@@ -128,7 +128,7 @@ def train_and_record(config: RunConfig, progress: bool) -> Summary:
 
 def baseline_of(config: RunConfig) -> str:
     """The config hash of this run's baseline: the same settings, seed and repeat, uncompressed."""
-    return replace(config, method="baseline", method_params={}).config_hash()
+    return as_baseline(config).config_hash()
 
 
 def result_note(config: RunConfig, metrics: dict[str, float], source: str,

@@ -41,9 +41,8 @@ from joulebench.compress.base import (
     Method, OptimizerFactory, OptimizerWithPasses, flat_views, trainable,
 )
 from joulebench.errors import ConfigError
-from joulebench.method_params import PARAMS, STEGO_DTYPES
+from joulebench.method_params import BFLOAT16_BITS, PARAMS, STEGO_DTYPES, device_problem
 
-BFLOAT16_BITS = 16  # float32 keeps 16 more mantissa bits than bfloat16
 DTYPES = {name: getattr(torch, name) for name in STEGO_DTYPES}
 # Layers whose parameters stay float32 when the rest is stored in bfloat16 (see the docstring).
 # Public types, not the private _NormBase and _InstanceNorm they share (the same set of classes).
@@ -233,12 +232,6 @@ class Stego(Method):
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)
-        if self.values["dtype"] == "float16" and self.values["bits"] < BFLOAT16_BITS:
-            raise ConfigError(
-                f"stego dtype=float16 needs bits ≥ {BFLOAT16_BITS} (with bits="
-                f"{self.values['bits']} the kept bits fit no 16-bit format and compute is "
-                "float32); raise bits or drop dtype"
-            )
         self._payloads: dict[str, torch.Tensor] = {}
 
     def stores_bfloat16(self) -> bool:
@@ -260,12 +253,9 @@ class Stego(Method):
     def autocast_dtype(self, device_type: str) -> torch.dtype | None:
         if self.values["dtype"] != "float16":
             return None
-        if device_type != "cuda":
-            # Refused rather than silently swapped: a float16 run must be float16 on every host.
-            raise ConfigError(
-                f"stego dtype=float16 runs on CUDA only (device is {device_type}); "
-                "use dtype=bfloat16 (the default) or --device cuda"
-            )
+        problem = device_problem(self.name, self.values, device_type)  # make_config refused it already
+        if problem:
+            raise ConfigError(problem)
         return torch.float16
 
     def optimizer(self, model: nn.Module, build: OptimizerFactory) -> OptimizerWithPasses:

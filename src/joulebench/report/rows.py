@@ -5,18 +5,32 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 
 from joulebench import names
+from joulebench.config import IDENTITY, SPLITS_GROUPS, SPLITS_ROWS, option_fields
 from joulebench.method_params import PARAMS
 from joulebench.report.stats import Estimate, Ratio, energy_to_accuracy
 from joulebench.tracking.read import RunRecord
 
 BASELINE = "baseline"
-# Params that make runs incomparable (they split groups); model, image size and method split rows.
-# Runs logged before a param existed lack it: "None" is then its own value, never a KeyError.
-GROUP_PARAMS = ("dataset", "weights", "epochs", "batch_size", "lr", "optimizer", "limit_train_batches",
-                "deterministic", "tf32")
+
+
+def _declared(compare: str) -> tuple[str, ...]:
+    return tuple(f.name for f in option_fields(IDENTITY) if f.metadata["option"].compare == compare)
+
+
+# What splits groups and rows is each run option's declaration (config.py), never a list kept here.
+# The device splits groups by its own label (a GPU's name, a CPU's host), so it is not a setting.
+GROUP_PARAMS = tuple(name for name in _declared(SPLITS_GROUPS) if name != "device")
+ABSENT_MEANS = {f.name: str(f.metadata["option"].absent_means) for f in option_fields(IDENTITY)
+                if f.metadata["option"].absent_means is not MISSING}
+
+
+def param(run: RunRecord, name: str) -> str:
+    """A run's identity param; a run logged before the option existed reads as the value runs had
+    then (its declaration's ``absent_means``), or "None" — its own value, never a KeyError."""
+    return run.params.get(name, ABSENT_MEANS.get(name, "None"))
 
 
 @dataclass(frozen=True)
@@ -144,7 +158,7 @@ def group_runs(runs: list[RunRecord]) -> dict[GroupKey, dict[RowKey, list[RunRec
     groups: dict[GroupKey, dict[RowKey, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         group = GroupKey(run.params.get("dataset", "?"), device_label(run),
-                         tuple((key, run.params.get(key, "None")) for key in GROUP_PARAMS))
+                         tuple((key, param(run, key)) for key in GROUP_PARAMS))
         row = RowKey(run.params["model"], run.params.get("image_size", "?"), method_label(run))
         groups[group][row].append(run)
     return groups

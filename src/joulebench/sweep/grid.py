@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from joulebench import names
-from joulebench.config import IDENTITY, RunConfig, declaration, make_config, option_fields
+from joulebench.config import IDENTITY, RunConfig, declaration, make_config, on_device, option_fields
 from joulebench.errors import ConfigError
 from joulebench.method_params import method_names
 
 # Identity fields that may be unset: the Kubernetes MLproject cannot declare them (no default), so
 # they travel as MLflow "extra" parameters, which MLflow turns into ``--KEY VALUE`` verbatim.
-OPTIONAL_FIELDS = frozenset(f.name for f in option_fields(IDENTITY) if f.default is None)
+OPTIONAL_FIELDS = frozenset(f.name for f in option_fields(IDENTITY) if f.type.endswith("| None"))
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def expand_grid(
                     **({"device": "cpu"} if run_device else {}),
                 })
                 if run_device is not None:
-                    config = replace(config, device=run_device)
+                    config = on_device(config, run_device)
                 combinations.append(Combination(config, overrides.get(method, ())))
     return combinations
 
