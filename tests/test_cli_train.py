@@ -88,40 +88,6 @@ def test_train_records_params_metrics_tags_and_artifacts(workdir):
     assert "codecarbon_estimate" in result.stdout or "source:" in result.stdout
 
 
-BAD_INPUTS = [
-    (["--model", "resnet19"], "unknown model 'resnet19'"),
-    (["--method", "quantise"], "unknown method 'quantise'"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--epochs", "0"], "--epochs must be > 0"),
-    (["--epochs", "many"], "--epochs must be a whole number > 0"),
-    (["--batch-size", "0"], "--batch-size must be > 0"),
-    (["--lr", "-1"], "--lr must be > 0"),
-    (["--model", "inception_v3", "--weights", "none", "--image-size", "32"], "minimum of 299"),
-    (["--dataset", "cifar10"], "dvc pull"),
-    (["--model", "resnet18", "--weights", "imagenet"], "joulebench fetch weights --model resnet18"),
-    (["--model", "resnet18", "--weights", "corrupt.pth"], "truncated or corrupt"),
-    (["--optimizer", "rmsprop"], "'rmsprop' is not one of 'adam', 'sgd'"),
-    (["--param", "bits=3"], "has no parameter 'bits'"),
-    (["--method", "stego", "--param", "dtype=float16", "--device", "cpu"], "runs on CUDA only"),
-    (["--no-such-flag"], "No such option"),
-]
-
-
-@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
-def test_bad_input_one_line_exit_2_no_run(workdir, capsys, args, message):
-    (workdir / "corrupt.pth").write_bytes(b"PK\x03\x04 not really a zip")
-    base = ["train", "--model", "tinynet", "--weights", "none", "--idle-seconds", "0", "--quiet"]
-    with pytest.raises(SystemExit) as exit_info:
-        main(base + args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert message in lines[0] and lines[0].startswith("joulebench: error: ")
-    assert "Traceback" not in err
-    assert not runs_in(workdir / "mlflow.db")
-
-
 def test_unwritable_tracking_store_is_one_line(workdir, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/missing-dir/mlflow.db")
     with pytest.raises(SystemExit) as exit_info:
