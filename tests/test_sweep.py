@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import kubernetes.client
@@ -18,7 +18,7 @@ from mlflow.projects.utils import load_project
 from mlflow.tracking import MlflowClient
 
 from joulebench.cli import main, train
-from joulebench.config import make_config
+from joulebench.config import make_config, on_device
 from joulebench.errors import ConfigError
 from joulebench.sweep import (
     KUBERNETES_ENTRY_POINT,
@@ -82,7 +82,7 @@ def test_child_arguments_rebuild_the_same_config_and_hash():
     for combination in combinations:
         child = make_config(**config_options(combination.train_arguments("PARENT")))
         assert child.config_hash() == combination.config_hash
-        assert child == replace(combination.config, run_name=combination.label, parent_run_id="PARENT")
+        assert asdict(child) == asdict(combination.config) | {"run_name": combination.label, "parent_run_id": "PARENT"}
 
 
 def test_method_param_must_name_a_method_of_the_sweep():
@@ -104,6 +104,13 @@ BAD_INPUTS = [
     (["--models", "tinynet", "--methods", "baseline,prune", "--param", "stego.bits=16"], "is not in --methods"),
     (["--models", "tinynet", "--param", "prune.bits=3"], "has no parameter 'bits'"),
     (["--models", "tinynet", "--epochs", "0"], "--epochs must be > 0"),
+    # Rules between options, and the files cells read: checked for every cell before the first starts.
+    (["--models", "tinynet", "--methods", "baseline,stego", "--param", "stego.dtype=float16", "--device", "cpu"],
+     "stego dtype=float16 runs on CUDA only"),
+    (["--models", "tinynet", "--methods", "baseline,stego", "--param", "stego.dtype=float16", "--param",
+      "stego.bits=8"], "stego dtype=float16 needs bits ≥ 16"),
+    (["--models", "tinynet", "--batch-size", "1"], "its BatchNorm layers need at least 2 samples per batch"),
+    (["--models", "tinynet", "--weights", "missing.pth"], "weights file missing.pth not found"),
     (["--models", "tinynet", "--gpus", "99"], "names GPU 99 but"),
     (["--models", "tinynet", "--gpus", "0,0"], "distinct GPU indices"),
     (["--models", "tinynet", "--backend", "kubernetes"], "needs --backend-config FILE"),
@@ -143,6 +150,21 @@ def finished_children(store: Path) -> list:
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED' and tags.config_hash != ''")
+
+
+@pytest.mark.slow
+def test_cells_that_diverge_fail_and_the_sweep_goes_past_them(workdir):
+    """A cell failing for its own reasons (a loss gone to inf: exit 2, its run FAILED) used to stop
+    the grid as if its input failed every cell; each cell now runs, and each failure is reported."""
+    done = run_cli(["sweep", "--models", "tinynet", "--methods", "baseline,prune", *QUICK, "--lr", "1e300",
+                    "--quiet"], cwd=workdir)
+    assert done.returncode == 1, done.stderr
+    failed = sorted(line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("failed"))
+    assert failed == ["failed    tinynet-baseline-r0", "failed    tinynet-prune-r0"], done.stdout
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("joulebench").experiment_id], "tags.run_kind = 'sweep'")
+    assert parent.info.status == "FAILED"
+    assert sorted(run.info.status for run in children(client, parent.info.run_id)) == ["FAILED", "FAILED"]
 
 
 @pytest.mark.slow
@@ -208,6 +230,7 @@ def test_the_fork_server_preloads_without_a_thread_or_cuda_fake_cuda_init_no_gpu
 
 # --------------------------------------------------------------------------- one sweep per grid
 
+@pytest.mark.slow
 def test_two_identical_sweeps_started_together_run_each_cell_once(workdir):
     """Was: both found every cell unfinished and ran each twice at once on one device."""
     args = ["sweep", "--models", "tinynet", "--methods", "baseline", *QUICK, "--quiet"]
@@ -252,26 +275,67 @@ def test_a_grids_lock_dies_with_its_holder_and_is_its_grids_alone(tmp_path):
 
 # --------------------------------------------------------------------------- one child per GPU
 
+# A stand-in for a cell's `train` (argv ends URI EXPERIMENT PARENT CONFIG_HASH STATUS): it opens the
+# cell's run under the parent and closes it STATUS, or dies with it open (RUNNING).
+STAND_IN_RUN = """
+import os, sys
+from mlflow.tracking import MlflowClient
+uri, experiment, parent, config_hash, status = sys.argv[-5:]
+store = MlflowClient(uri)
+run = store.create_run(experiment, tags={"config_hash": config_hash, "mlflow.parentRunId": parent})
+if status == "RUNNING":
+    os.kill(os.getpid(), 9)
+store.set_terminated(run.info.run_id, status)
+"""
+
+
+@dataclass
+class SweepStore:
+    """A real store holding a sweep's parent run, for runners whose children are stand-ins."""
+
+    uri: str
+    experiment_id: str
+    parent: str
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+    def cell(self, combination, status: str) -> list[str]:
+        """The stand-in's arguments for ``combination``'s run, to be left ``status``."""
+        return [self.uri, self.experiment_id, self.parent, combination.config_hash, status]
+
+
+@pytest.fixture
+def sweep_store(tmp_path, monkeypatch) -> SweepStore:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("joulebench", artifact_location=str(tmp_path / "artifacts"))
+    return SweepStore(uri, experiment_id, client.create_run(experiment_id).info.run_id)
+
+
 RECORD_CHILD = """
 import json, os, sys, time
 start = time.monotonic()
 time.sleep(0.4)
 with open(sys.argv[1], "a") as handle:
     handle.write(json.dumps([os.environ["CUDA_VISIBLE_DEVICES"], sys.argv[2], start, time.monotonic()]) + "\\n")
-"""
+""" + STAND_IN_RUN
 
 
-def test_gpus_run_one_child_per_gpu_at_a_time_fake_gpus_no_gpu_here(tmp_path):
+def test_gpus_run_one_child_per_gpu_at_a_time_fake_gpus_no_gpu_here(tmp_path, sweep_store):
     """Two "GPUs" (physical ids 3 and 5): each child sees one; never two children on one id.
 
     No GPU here, so each child is a stand-in process that records its CUDA_VISIBLE_DEVICES and
-    when it ran, instead of a measured `joulebench train`.
+    when it ran, and closes a run FINISHED as `train` would, instead of a measured `joulebench train`.
     """
     record = tmp_path / "children.jsonl"
     combinations = grid(["tinynet"], ["baseline"], 6, None, "--weights", "none")
     runner = LocalRunner(
-        ["3", "5"], "PARENT", tmp_path,
-        command=lambda c, parent: [sys.executable, "-c", RECORD_CHILD, str(record), c.label],
+        ["3", "5"], sweep_store.parent, tmp_path,
+        command=lambda c, parent: [sys.executable, "-c", RECORD_CHILD, str(record), c.label,
+                                   *sweep_store.cell(c, "FINISHED")],
     )
     outcomes = runner.run(combinations, Progress(6, 0, 2, bars=False))
     assert sorted(o.combination.label for o in outcomes) == sorted(c.label for c in combinations)
@@ -292,13 +356,23 @@ def test_gpu_indices_map_through_an_outer_cuda_visible_devices():
     assert pinned_device_ids([1], "GPU-aaaa,GPU-bbbb") == ["GPU-bbbb"]
 
 
-def test_a_child_rejecting_its_input_stops_the_sweep(tmp_path):
+def test_a_cell_that_fails_is_reported_and_the_sweep_goes_past_it(tmp_path, sweep_store):
+    """Outcomes come from the runs' records, never from exit codes: the cell that exits 2 before
+    opening a run, the one whose process is killed with its run open (closed KILLED here) and the one
+    that closed its run FAILED itself are failures; the one whose run FINISHED is not, exit 3 or not."""
     rejecting = "import sys; print('joulebench: error: weights missing'); sys.exit(2)"
-    runner = LocalRunner([None], "PARENT", tmp_path, command=lambda c, p: [sys.executable, "-c", rejecting])
-    outcomes = runner.run(grid(["tinynet"], ["baseline"], 3), Progress(3, 0, 1, bars=False))
-    assert len(outcomes) == 1
-    assert outcomes[0].rejected_input and not outcomes[0].ok
+    stand_ins = {0: (rejecting, "-"), 1: (STAND_IN_RUN, "RUNNING"), 2: (STAND_IN_RUN, "FAILED"),
+                 3: (STAND_IN_RUN + "sys.exit(3)\n", "FINISHED")}  # repeat → (child, the status it leaves)
+    combinations = grid(["tinynet"], ["baseline"], 4)
+    runner = LocalRunner([None], sweep_store.parent, tmp_path, command=lambda c, p: [
+        sys.executable, "-c", stand_ins[c.config.repeat][0], *sweep_store.cell(c, stand_ins[c.config.repeat][1])])
+    outcomes = {o.combination.config.repeat: o for o in runner.run(combinations, Progress(4, 0, 1, bars=False))}
+    assert {repeat: o.status for repeat, o in outcomes.items()} == {0: None, 1: "KILLED", 2: "FAILED", 3: "FINISHED"}
     assert outcomes[0].detail == "exit 2: joulebench: error: weights missing"
+    assert outcomes[1].detail.startswith("signal SIGKILL")
+    assert [o.ok for _, o in sorted(outcomes.items())] == [False, False, False, True]
+    killed_run, = [run for run in children(sweep_store.client, sweep_store.parent) if run.info.status == "KILLED"]
+    assert killed_run.data.tags["closed_by"] == "sweep: its process ended with signal SIGKILL"
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -328,7 +402,7 @@ def test_kubernetes_submissions_rebuild_the_sweeps_config_in_the_pod():
         pod_device = options.pop("device")
         child = make_config(**options, device="cpu")
         assert child.method_params == combination.config.method_params
-        assert replace(child, device=pod_device).config_hash() == combination.config_hash
+        assert on_device(child, pod_device).config_hash() == combination.config_hash
 
 
 def test_job_template_makes_a_valid_one_gpu_job_through_mlflow():
@@ -395,6 +469,8 @@ def test_kubernetes_runner_nests_and_waits_for_every_run_fake_cluster_no_cluster
     def submit(project_dir, entry_point, parameters, backend_config, experiment, run_name):
         run_id = client.create_run(experiment, run_name=run_name).info.run_id
         submitted.append((project_dir, entry_point, parameters, experiment, run_name))
+        if "baseline" in run_name:  # its pod's train closes the run it finished
+            client.set_terminated(run_id, "FINISHED")
         return FakeProjectRun(run_id, "FINISHED" if "baseline" in run_name else "FAILED", polls=2)
 
     runner = KubernetesRunner({"repository-uri": "r/j"}, DEPLOY, parent, experiment_id, submit, poll_seconds=0.01)
@@ -404,5 +480,5 @@ def test_kubernetes_runner_nests_and_waits_for_every_run_fake_cluster_no_cluster
     assert {o.combination.label: o.ok for o in outcomes} == {"tinynet-baseline-r0": True, "tinynet-prune-r0": False}
     statuses = {run.info.run_name: run.info.status for run in children(client, parent)}
     # The failed Job's run is closed FAILED for it (a later sweep reruns it); a finished Job's
-    # run is its pod's to close (no pod here, so it is still open).
-    assert statuses == {"tinynet-baseline-r0": "RUNNING", "tinynet-prune-r0": "FAILED"}
+    # run was its pod's to close.
+    assert statuses == {"tinynet-baseline-r0": "FINISHED", "tinynet-prune-r0": "FAILED"}

@@ -27,7 +27,7 @@ from typing import Any
 
 from joulebench import names
 from joulebench.errors import ConfigError, nearest_existing, why_unwritable
-from joulebench.method_params import parse_method_params
+from joulebench.method_params import method_names, parse_method_params
 
 # The schema is imported by every command, `--help` included: it stays free of torch. The
 # validators import what they check against (models, methods, datasets, meters) when called.
@@ -415,7 +415,7 @@ class RunConfig:
         "resnet18", "One of the paper's nine (densenet121 … vgg16), tinynet, or any torchvision classifier.",
         commands={TRAIN, CAPACITY}, parse=_model, compare=SPLITS_ROWS)
     method: str = option(
-        "baseline", "baseline | stego | prune | lowrank (`joulebench methods` lists their parameters).",
+        "baseline", f"{' | '.join(method_names())} (`joulebench methods` lists their parameters).",
         commands={TRAIN}, compare=SPLITS_ROWS)  # checked with its parameters, by method_params (declared next)
     # Parsed from two inputs: --params-file (declared as PARAMS_FILE below) and --param.
     method_params: dict[str, Any] = option(

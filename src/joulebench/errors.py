@@ -1,11 +1,12 @@
 """The expected failures: each is one line on stderr and its own exit code, never a traceback.
 
-``ConfigError`` is input the user must change (exit 2): a sweep that sees it stops, since the
-same input would fail every cell. ``EnvironmentFault`` is the machine or a service failing —
-no network, a download that does not match its checksum, a store that cannot be written, a full
-filesystem (``disk_full``), a cluster that refuses a job (exit 75, sysexits' EX_TEMPFAIL): a sweep
-counts that cell as failed and goes on; rerunning it later may succeed. Anything else is a bug and
-keeps its traceback.
+``ConfigError`` is input the user must change (exit 2); a sweep checks every cell's input before
+its first cell starts, so a ConfigError there stops it before any run opens. ``EnvironmentFault``
+is the machine or a service failing — no network, a download that does not match its checksum, a
+store that cannot be written, a full filesystem (``disk_full``), a cluster that refuses a job
+(exit 75, sysexits' EX_TEMPFAIL). A cell that fails once the sweep runs, with either or with a
+loss that diverged, is that cell's failure: the sweep reads it from the cell's run and goes on.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

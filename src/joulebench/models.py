@@ -183,8 +183,14 @@ def _architecture(name: str) -> nn.Module:
     return get_model(name, weights=None, **kwargs)
 
 
-def load_state_dict(name: str, path: Path, check_hash: bool) -> dict[str, torch.Tensor]:
-    """Read a weights file safely (no code runs); ConfigError says what is wrong with it."""
+def check_weights_location(name: str, weights: str) -> None:
+    """The weights file ``--weights`` names for model ``name`` is there, checked before any run
+    opens (a sweep checks every cell's); weights in MLflow are checked where they are downloaded."""
+    if weights != "none" and not weights.startswith(("runs:/", "models:/")):
+        _check_weights_file(name, default_weights_path(name) if weights == "imagenet" else Path(weights))
+
+
+def _check_weights_file(name: str, path: Path) -> None:
     problem = file_problem(path)
     if problem == "is a directory":
         raise ConfigError(f"weights file {path} is a directory; pass the .pth file inside it, or --weights none")
@@ -195,6 +201,11 @@ def load_state_dict(name: str, path: Path, check_hash: bool) -> dict[str, torch.
             f"weights file {path} not found; run `dvc pull {path}` or "
             f"`joulebench fetch weights --model {name}`, or pass --weights none"
         )
+
+
+def load_state_dict(name: str, path: Path, check_hash: bool) -> dict[str, torch.Tensor]:
+    """Read a weights file safely (no code runs); ConfigError says what is wrong with it."""
+    _check_weights_file(name, path)
     if check_hash:
         verify_hash(path, published_hash_prefix(name), name)
     check_format(path)

@@ -26,9 +26,9 @@ from typing import Any
 
 from joulebench import tracking
 from joulebench.data import check_dataset_location
-from joulebench.errors import ConfigError, EnvironmentFault
+from joulebench.errors import EnvironmentFault
 from joulebench.method_params import method_names
-from joulebench.models import PAPER_MODELS
+from joulebench.models import PAPER_MODELS, check_weights_location
 from joulebench.sweep.grid import (
     Combination, expand_grid, grid_table, parse_method_overrides, parse_names, parse_repeats, sweep_hash,
 )
@@ -98,9 +98,10 @@ def run_sweep(
         model_list, method_list, parse_repeats(repeats), overrides, options, placement.run_device
     )
 
-    if placement.kubernetes is None:  # cells read their data here, or on Slurm's nodes from a shared folder
-        for combination in combinations:
-            check_dataset_location(combination.config.dataset, combination.config.data_dir)
+    if placement.kubernetes is None:  # cells read their files here, or on Slurm's nodes from a shared folder
+        for config in (combination.config for combination in combinations):
+            check_dataset_location(config.dataset, config.data_dir)
+            check_weights_location(config.model, config.weights)
     experiment = options["experiment"]
     experiment_id, grid = tracking.use_store(experiment), sweep_hash(combinations)
     with hold_grid(tracking.tracking_uri(), experiment_id, grid):
@@ -122,13 +123,6 @@ def run_sweep(
             status = "FAILED"
             try:
                 outcomes = runner.run(todo, display)
-                rejected = [outcome for outcome in outcomes if outcome.rejected_input]
-                if rejected:
-                    status = "FAILED"
-                    raise ConfigError(
-                        f"{rejected[0].combination.label} rejected its input ({rejected[0].detail}); "
-                        "fix it and run the same sweep again: finished combinations are kept"
-                    )
                 status = "FINISHED" if all(outcome.ok for outcome in outcomes) else "FAILED"
             except KeyboardInterrupt:
                 status = "KILLED"

@@ -129,7 +129,8 @@ class KubernetesRunner:
             for run_id, (_, project_run, _) in submitted.items():
                 if project_run.state() not in TERMINAL_STATES:
                     project_run.cancel()
-                    tracking.close_if_open(run_id, "KILLED")
+                    tracking.settle_cell(self._parent_run_id, tracking.project_run(run_id), "KILLED",
+                                         "sweep: Ctrl-C cancelled its project run")
             raise
 
     def _wait(
@@ -142,10 +143,10 @@ class KubernetesRunner:
                 state = project_run.state()
                 if state in TERMINAL_STATES:
                     del pending[run_id]
-                    if state != "FINISHED":  # a finished pod has closed its run itself
-                        tracking.close_if_open(run_id, state)
-                    outcome = Outcome(combination, state == "FINISHED", time.monotonic() - started,
-                                      f"run {run_id} {state}")
+                    status = tracking.settle_cell(  # a pod that finished has closed its run itself
+                        self._parent_run_id, tracking.project_run(run_id), "FAILED" if state == "FINISHED" else state,
+                        f"sweep: MLflow Projects reported {state}")
+                    outcome = Outcome(combination, status, time.monotonic() - started, f"run {run_id} {state}")
                     outcomes.append(outcome)
                     progress.finished(outcome)
             if pending:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from joulebench import timings, tracking
-from joulebench.errors import EXIT_BAD_INPUT
 from joulebench.signals import PARENT_PID_ENV
 from joulebench.sweep.grid import Combination
 from joulebench.sweep.progress import Outcome, Progress, log_tail
@@ -185,8 +184,6 @@ class LocalRunner:
             if outcome is None:
                 return
             self._events.put(("finished", slot, outcome))
-            if outcome.rejected_input:
-                self._stop.set()  # the same input would be rejected by every other child
 
     def _run_child(self, slot: int, combination: Combination) -> Outcome | None:
         log_path = self._log_dir / f"{combination.label}-{combination.config_hash}.log"
@@ -196,21 +193,18 @@ class LocalRunner:
         with self._lock:
             if self._stop.is_set():
                 return None
+            start_ms = time.time_ns() // 1_000_000  # before its run can exist: the cell's runs start later
             process = self._start(combination, environment, log_path)
             self._running[slot] = _Running(combination, process, time.monotonic())
         self._events.put(("started", slot, combination))
         returncode = process.wait()
         with self._lock:
             started = self._running.pop(slot).started
-        if returncode not in (0, EXIT_BAD_INPUT):  # killed, or crashed, before it closed its run
-            tracking.close_child_run(
-                self._parent_run_id, combination.config_hash, "KILLED" if returncode < 0 else "FAILED",
-                f"sweep: its process ended with {_ended(returncode)}",
-            )
-        return Outcome(
-            combination, ok=returncode == 0, seconds=time.monotonic() - started,
-            detail=f"exit {returncode}: {log_tail(log_path)}", rejected_input=returncode == EXIT_BAD_INPUT,
+        status = tracking.settle_cell(
+            self._parent_run_id, tracking.cell_since(combination.config_hash, start_ms),
+            "KILLED" if returncode < 0 else "FAILED", f"sweep: its process ended with {_ended(returncode)}",
         )
+        return Outcome(combination, status, time.monotonic() - started, f"{_ended(returncode)}: {log_tail(log_path)}")
 
     def _start(self, combination: Combination, environment: dict[str, str], log_path: Path) -> Child:
         if self._command is None:

@@ -13,13 +13,18 @@ from joulebench.sweep.grid import Combination
 
 @dataclass
 class Outcome:
-    """How one combination ended."""
+    """How one combination ended: the status its run ended with, as ``tracking.settle_cell`` read it
+    (None: it opened no run). Only FINISHED is a success; any other is this cell's failure, which
+    the sweep reports and goes past (rules between options were checked when the grid was built)."""
 
     combination: Combination
-    ok: bool
+    status: str | None
     seconds: float
-    detail: str  # the child's last output lines or the run's final status
-    rejected_input: bool = False
+    detail: str  # how its process ended, with its last output lines
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "FINISHED"
 
 
 LOG_TAIL_LINES = 5
@@ -61,7 +66,7 @@ class Progress:
 
     def finished(self, outcome: Outcome, slot: int | None = None) -> None:
         self._done += 1
-        state = "finished" if outcome.ok else "FAILED"
+        state = "finished" if outcome.ok else (outcome.status or "FAILED (no run)")
         line = f"[{self._done}/{self._total}] {outcome.combination.label} {state} in {outcome.seconds:.0f} s"
         if not outcome.ok:
             line += f": {outcome.detail}"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from joulebench import names, timings, tracking
-from joulebench.errors import EXIT_BAD_INPUT, ConfigError, EnvironmentFault
+from joulebench.errors import ConfigError, EnvironmentFault
 from joulebench.sweep.grid import Combination
 from joulebench.sweep.progress import Outcome, Progress, log_tail
 
@@ -121,9 +121,9 @@ class SlurmRunner:
         except KeyboardInterrupt:
             cancel(job)
             self._wait_ended(job, todo, timings.CANCEL_GRACE.seconds())
-            for combination in todo:
-                tracking.close_child_run(self._parent_run_id, combination.config_hash, "KILLED",
-                                         f"sweep: Ctrl-C cancelled Slurm job {job}")
+            for task, combination in enumerate(todo):
+                tracking.settle_cell(self._parent_run_id, tracking.slurm_task(combination.config_hash, f"{job}_{task}"),
+                                     "KILLED", f"sweep: Ctrl-C cancelled Slurm job {job}")
             raise
 
     def _sbatch_arguments(self, cells: int) -> list[str]:
@@ -141,23 +141,20 @@ class SlurmRunner:
                 outcome = self._ended(todo[task], state, time.monotonic() - started)
                 outcomes[task] = outcome
                 progress.finished(outcome)
-                if outcome.rejected_input:  # the same input would be rejected by every other cell
-                    cancel(job)
             if len(outcomes) < len(todo):
                 time.sleep(timings.SLURM_POLL.seconds())
         return [outcomes[task] for task in sorted(outcomes)]
 
     def _ended(self, combination: Combination, state: TaskState, seconds: float) -> Outcome:
-        ok = state.state == "COMPLETED" and state.exit_code == 0
-        if not ok:  # the run's own status decides: it may have FINISHED before Slurm stopped its process
-            ok = tracking.close_slurm_cell(
-                self._parent_run_id, combination.config_hash, state.job_id, ENDED[state.state],
-                {names.SLURM_STATE: state.state, names.SLURM_REASON: state.reason}) == "FINISHED"
+        # The run's own status decides: it may have FINISHED before Slurm stopped its process.
+        status = tracking.settle_cell(
+            self._parent_run_id, tracking.slurm_task(combination.config_hash, state.job_id), ENDED[state.state],
+            f"sweep: Slurm ended job {state.job_id} {state.state}",
+            {names.SLURM_STATE: state.state, names.SLURM_REASON: state.reason})
         log = self._log_dir / f"{state.job_id}.log"
-        detail = f"Slurm job {state.job_id} {state.state} on {state.node or 'no node'}"
-        if not ok:
-            detail += f" (exit {state.exit_code}, reason {state.reason}): {log_tail(log)}"
-        return Outcome(combination, ok, seconds, detail, rejected_input=state.exit_code == EXIT_BAD_INPUT)
+        detail = (f"Slurm job {state.job_id} {state.state} on {state.node or 'no node'} "
+                  f"(exit {state.exit_code}, reason {state.reason}): {log_tail(log)}")
+        return Outcome(combination, status, seconds, detail)
 
     def _wait_ended(self, job: str, todo: list[Combination], seconds: float) -> None:
         deadline = time.monotonic() + seconds

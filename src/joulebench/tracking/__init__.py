@@ -20,8 +20,8 @@ from joulebench.tracking.runs import (
 from joulebench.tracking.store import DEFAULT_TRACKING_URI, quiet_full_disk_logs, tracking_uri, ui_command, use_store
 from joulebench.tracking.weights import StoredWeights, download_weights, is_stored, register_weights
 from joulebench.tracking.sweeps import (
-    LiveRun, SweepRun, adopt_child, child_epochs_done, close_child_run, close_if_open, close_slurm_cell,
-    end_sweep_run, finished_config_hashes, open_sweep_run, reclaim_running,
+    LiveRun, SweepRun, adopt_child, cell_since, child_epochs_done, end_sweep_run, finished_config_hashes,
+    open_sweep_run, project_run, reclaim_running, settle_cell, slurm_task,
 )
 
 # MLflow's log handlers exist now (made on its import): a full disk's records stay off stderr.
@@ -30,7 +30,7 @@ quiet_full_disk_logs()
 __all__ = [
     "DEFAULT_TRACKING_URI", "KubernetesProjectRun", "LiveRun", "MeasuredRuns", "REPORT_EXPERIMENT",
     "Recorder", "RunRecord", "StoredWeights", "SweepRun", "adopt_child", "check_cluster_reachable_store",
-    "child_epochs_done", "close_child_run", "close_if_open", "close_launched_run", "close_slurm_cell",
+    "cell_since", "child_epochs_done", "close_launched_run", "project_run", "settle_cell", "slurm_task",
     "config_params", "download_weights", "end_sweep_run", "environment_tags", "finished_config_hashes",
     "finished_measured_runs", "finished_run_metrics", "is_stored", "log_report_run", "metric_history",
     "open_sweep_run", "recorded_run", "reclaim_running", "register_weights", "resend",

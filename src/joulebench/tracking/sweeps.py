@@ -69,47 +69,55 @@ def finished_config_hashes(experiment_id: str) -> set[str]:
 
 def child_epochs_done(parent_run_id: str, config_hash: str) -> int | None:
     """Epochs a sweep's running child has logged so far; None before its run exists."""
-    running = _cell_runs(parent_run_id, config_hash, "attributes.status = 'RUNNING'")
+    running = _cell_runs(parent_run_id, f"{cell_since(config_hash, 0)} and attributes.status = 'RUNNING'")
     if not running:
         return None
     return len(client().get_metric_history(running[0].info.run_id, names.VAL_ACCURACY))
 
 
-def _cell_runs(parent_run_id: str, config_hash: str, condition: str) -> list:
-    """The runs of one cell (its config hash) under sweep ``parent_run_id`` that meet ``condition``."""
+# Which runs are one cell's, as each runner knows them (filters of MLflow's search).
+
+
+def cell_since(config_hash: str, start_ms: int) -> str:
+    """The runs of the cell ``config_hash`` started since ``start_ms`` (a local child's)."""
+    return f"tags.{names.CONFIG_HASH} = '{config_hash}' and attributes.start_time >= {start_ms}"
+
+
+def slurm_task(config_hash: str, job_id: str) -> str:
+    """The run Slurm array task ``job_id`` made of the cell ``config_hash``."""
+    return f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{names.SLURM_JOB_ID}` = '{job_id}'"
+
+
+def project_run(run_id: str) -> str:
+    """The run MLflow Projects made for a pod (it has no config hash until the pod's train tags it)."""
+    return f"attributes.run_id = '{run_id}'"
+
+
+def _cell_runs(parent_run_id: str, cell: str) -> list:
+    """The runs under sweep ``parent_run_id`` that ``cell`` selects, newest first."""
     store = client()
     return store.search_runs(
         [store.get_run(parent_run_id).info.experiment_id],
-        f"tags.{names.CONFIG_HASH} = '{config_hash}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
-        f"and {condition}",
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and {cell}", order_by=["attributes.start_time DESC"],
     )
 
 
-def close_child_run(parent_run_id: str, config_hash: str, status: str, why: str) -> None:
-    """Close the run of a sweep's child that exited without closing it (SIGKILL, a crash)."""
-    store = client()
-    for run in _cell_runs(parent_run_id, config_hash, "attributes.status = 'RUNNING'"):
-        store.set_tag(run.info.run_id, CLOSED_BY_TAG, why)
-        store.set_terminated(run.info.run_id, status)
+def settle_cell(parent_run_id: str, cell: str, ended_as: str, why: str, tags: dict[str, str] | None = None) -> str | None:
+    """How a sweep's cell ended, read from its run once its process is gone: the one place every
+    runner learns it (FINISHED is the only success), whatever exit code or scheduler state it saw.
 
-
-def close_slurm_cell(parent_run_id: str, config_hash: str, job_id: str, status: str,
-                     tags: dict[str, str]) -> str | None:
-    """Tag the run Slurm job ``job_id`` made of a sweep's cell with how Slurm ended it, and close it
-    ``status`` if the task could not (killed at its time limit, preempted, its node lost). Returns
-    the run's final status (FINISHED where the run had ended before Slurm stopped its process),
-    None where the job never opened a run."""
+    A run still open could not close itself (killed, crashed, stopped by a scheduler or a
+    Ctrl-C): it is closed ``ended_as`` and tagged with ``why`` and ``tags``. None: the cell
+    opened no run (it stopped before, e.g. its store did not answer)."""
     store = client()
-    final = None
-    for run in _cell_runs(parent_run_id, config_hash, f"tags.`{names.SLURM_JOB_ID}` = '{job_id}'"):
-        for key, value in tags.items():
+    runs = _cell_runs(parent_run_id, cell)
+    for run in runs:
+        for key, value in (tags or {}).items():
             store.set_tag(run.info.run_id, key, value)
-        final = run.info.status
-        if final == "RUNNING":
-            store.set_tag(run.info.run_id, CLOSED_BY_TAG, f"sweep: Slurm ended job {job_id} {tags}")
-            store.set_terminated(run.info.run_id, status)
-            final = status
-    return final
+        if not RunStatus.is_terminated(RunStatus.from_string(run.info.status)):  # RUNNING, or a pod's SCHEDULED
+            store.set_tag(run.info.run_id, CLOSED_BY_TAG, why)
+            store.set_terminated(run.info.run_id, ended_as)
+    return store.get_run(runs[0].info.run_id).info.status if runs else None
 
 
 @dataclass
@@ -159,13 +167,6 @@ def end_sweep_run(run_id: str, status: str, log_dir: Path) -> None:
     if any(log_dir.iterdir()):
         store.log_artifacts(run_id, str(log_dir), "logs")
     store.set_terminated(run_id, status)
-
-
-def close_if_open(run_id: str, status: str) -> None:
-    """End a run that its own process could not end (its pod never started, or was stopped)."""
-    store = client()
-    if not RunStatus.is_terminated(RunStatus.from_string(store.get_run(run_id).info.status)):
-        store.set_terminated(run_id, status)
 
 
 def adopt_child(run_id: str, parent_run_id: str) -> None:
