@@ -5,6 +5,7 @@
 - ``sweeps``: a sweep's parent run, which a rerun of the same grid reopens.
 - ``kubernetes``: cells submitted as MLflow Project runs to a cluster.
 - ``read``: finished runs read back for ``report``, and the report's own run.
+- ``calls``: every call a run makes to its store, by name, and what a failed one means.
 - ``outbox``: what a run could not send to its store, kept on disk and sent later.
 - ``process``: which process a run belongs to (a sweep tells live runs from orphans).
 """

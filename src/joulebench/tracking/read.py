@@ -14,7 +14,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from joulebench import names
 from joulebench.errors import ConfigError
-from joulebench.tracking.outbox import STORE_FAILURES
+from joulebench.tracking.calls import STORE_FAILURES
 from joulebench.tracking.store import (
     all_experiments, all_runs, answers, client, experiment_id, read_store, tracking_uri,
 )

@@ -19,14 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
-from mlflow.entities import RunStatus, RunTag
+from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
@@ -37,10 +36,10 @@ from mlflow.utils.time import get_current_time_millis
 from joulebench import names, timings
 from joulebench.config import RunConfig
 from joulebench.errors import ConfigError, EnvironmentFault, disk_full, first_line
-from joulebench.tracking.outbox import OUTBOX_ROOT, STORE_FAILURES, Call, Outbox, is_permanent, load, send
+from joulebench.tracking.calls import STORE_FAILURES, Call, is_permanent, send
+from joulebench.tracking.outbox import OUTBOX_ROOT, Outbox, load
 from joulebench.tracking.process import process_tags
 from joulebench.tracking.store import answers, client, full_disk, tracking_uri, use_store
-from joulebench.tracking.weights import WEIGHTS_FOLDER
 
 # Why a command ended its `mlflow run` run FAILED (its one-line error).
 FAILURE_TAG = "joulebench.error"
@@ -132,7 +131,7 @@ class Recorder:
         self._send(Call("log_batch", {"metrics": [[k, float(v), now, step] for k, v in metrics.items()]}, []))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._send(Call("log_batch", {"tags": [[k, str(v)] for k, v in tags.items()]}, []))
+        self._send(_tags_call(tags))
 
     def describe(self, text: str) -> None:
         """The run's description (markdown), which the UI shows on the run's page and as a column."""
@@ -172,25 +171,20 @@ class Recorder:
             self._send(Call("log_artifact", {"folder": folder}, files))
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        """The model in MLflow's PyTorch flavour (``log_pytorch_model``); kept as two
-        ``torch.save`` files in the outbox when the store does not take it."""
+        """The model in MLflow's PyTorch flavour (``calls.log_pytorch_model``), sent as two
+        ``torch.save`` files: the form the outbox keeps when the store does not take it."""
         import torch
 
-        model, example = model.cpu().eval(), example.cpu()
-
-        def saved() -> list[str]:
-            folder = self.outbox.folder / "model"
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save(model, folder / "model.pt")
-            torch.save(example, folder / "example.pt")
-            return [str(folder / "model.pt"), str(folder / "example.pt")]
-        self._deliver(lambda: log_pytorch_model(self.run_id, self.experiment_id, model, example),
-                      lambda: Call("log_model", {}, saved()))
+        with tempfile.TemporaryDirectory(prefix="joulebench-model-") as folder:
+            files = [str(Path(folder) / "model.pt"), str(Path(folder) / "example.pt")]
+            torch.save(model.cpu().eval(), files[0])
+            torch.save(example.cpu(), files[1])
+            self._send(Call("log_model", {}, files))
 
     def end(self, status: str) -> None:
         """Close the run with ``status``; EnvironmentFault if the store has not taken everything
         within timings.OUTAGE_GRACE (the outbox keeps it, and the message says how to send it)."""
-        self._send(Call("set_terminated", {"status": status, "end_time": get_current_time_millis()}, []))
+        self._send(_end_call(status))
         waited, grace, poll = 0.0, timings.OUTAGE_GRACE.seconds(), timings.OUTAGE_POLL.seconds()
         while self.outbox.pending and waited < grace:
             time.sleep(poll)
@@ -205,24 +199,21 @@ class Recorder:
             )
 
     def _send(self, call: Call) -> None:
-        self._deliver(lambda: send(self.store, self.outbox.run, call), lambda: call)
-
-    def _deliver(self, perform: Callable[[], None], kept: Callable[[], Call]) -> None:
-        """``perform`` the call after what the outbox holds; keep it instead if the store fails."""
+        """Send ``call`` after what the outbox holds; keep it instead if the store fails."""
         if self.outbox.pending and not self._flush_if_answering():
-            self.outbox.keep(kept(), None)
+            self.outbox.keep(call, None)
             return
         try:
-            perform()
+            send(self.store, self.outbox.run, call)
         except (*STORE_FAILURES, UnicodeError) as error:
             if disk_full(error):  # no outage: the run stops here, and recorded_run ends it FAILED
                 raise
             if is_permanent(error):  # not an outage: keeping it would strand the run RUNNING
                 raise ConfigError(
-                    f"the MLflow store {tracking_uri()} refuses this run's {kept().name} for good "
+                    f"the MLflow store {tracking_uri()} refuses this run's {call.name} for good "
                     f"({first_line(error, 200)}); fix that and run again"
                 ) from None
-            self.outbox.keep(kept(), error)
+            self.outbox.keep(call, error)
 
     def _flush_if_answering(self) -> bool:
         """Send the outbox if the store answers; whether it is empty now."""
@@ -247,8 +238,7 @@ class Recorder:
         else:
             had_calls = self.outbox.pending
             try:
-                self.outbox.keep(Call("set_terminated", {"status": status, "end_time": get_current_time_millis()},
-                                      []), None)
+                self.outbox.keep(_end_call(status), None)
                 outcome = self._left_running_for_resend()
             except OSError:
                 if not had_calls:  # no half-written folder for `resend` to trip on
@@ -268,33 +258,12 @@ class Recorder:
                 f"`joulebench resend {self.outbox.folder}` records it once there is room")
 
 
-def log_pytorch_model(run_id: str, experiment_id: str, model: torch.nn.Module, example: torch.Tensor) -> None:
-    """Log ``model`` to run ``run_id`` in MLflow's PyTorch flavour; ``mlflow.pytorch.load_model``
-    reads it back.
+def _tags_call(tags: dict[str, str]) -> Call:
+    return Call("log_batch", {"tags": [[k, str(v)] for k, v in tags.items()]}, [])
 
-    Pickled as a whole module, not exported to pt2: an export is traced at the example's
-    batch size and would refuse any other batch size when loaded back. ``run_id`` reaches
-    ``Model.log`` through the flavour's keyword arguments (it has no parameter of its own);
-    MLflow 3 files the logged model under the *active* experiment whatever the run's is, and
-    ``runs:/RUN/model`` finds it only in the run's: the one global setting this module makes.
-    """
-    import torch
-    import torchvision
 
-    mlflow.set_experiment(experiment_id=experiment_id)
-    with tempfile.TemporaryDirectory(prefix="joulebench-state-") as folder:  # for --weights runs:/RUN/weights
-        mlflow.pytorch.save_state_dict(model.state_dict(), folder)
-        client().log_artifacts(run_id, folder, WEIGHTS_FOLDER)
-    # Pinning the requirements skips MLflow's slow inference of them (it re-imports the model).
-    mlflow.pytorch.log_model(
-        model,
-        name="model",
-        serialization_format="pickle",
-        input_example=example.numpy(),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                          f"torchvision=={torchvision.__version__.split('+')[0]}"],
-        run_id=run_id,
-    )
+def _end_call(status: str) -> Call:
+    return Call("set_terminated", {"status": status, "end_time": get_current_time_millis()}, [])
 
 
 def resend(folder: Path) -> tuple[str, int]:
@@ -317,12 +286,18 @@ def resend(folder: Path) -> tuple[str, int]:
 def _open_run(store: MlflowClient, experiment_id: str, config: RunConfig, tags: dict[str, str],
               command: str) -> str:
     """A new run, or the one ``mlflow run`` made for this process (``MLFLOW_RUN_ID``), named by
-    ``--run-name`` or by what it is (``resnet18-stego``, ``resnet18-capacity``), not at random."""
+    ``--run-name`` or by what it is (``resnet18-stego``, ``resnet18-capacity``), not at random.
+
+    Opening goes around the outbox: a run that cannot be opened has nothing to journal for (the
+    command fails here, before it measures anything). A launched run is joined through ``CALLS``;
+    ``create_run`` stays outside them, since every call names the run that this one makes.
+    """
     name = config.run_name or f"{config.model}-{config.method if command == 'train' else command}"
     launched = os.environ.get("MLFLOW_RUN_ID")
     if launched:
-        store.update_run(launched, status=RunStatus.to_string(RunStatus.RUNNING), name=name)
-        store.log_batch(launched, tags=[RunTag(k, v) for k, v in tags.items()])
+        run = {"run_id": launched, "experiment_id": experiment_id}
+        send(store, run, Call("update_run", {"status": RunStatus.to_string(RunStatus.RUNNING), "name": name}, []))
+        send(store, run, _tags_call(tags))
         return launched
     if config.parent_run_id:
         _check_parent(store, config.parent_run_id)
@@ -345,10 +320,12 @@ def close_launched_run(status: str, reason: str) -> None:
         return
     try:
         store = client()
-        if RunStatus.is_terminated(RunStatus.from_string(store.get_run(run_id).info.status)):
+        info = store.get_run(run_id).info
+        if RunStatus.is_terminated(RunStatus.from_string(info.status)):
             return
-        store.set_tag(run_id, FAILURE_TAG, reason[:5000])
-        store.set_terminated(run_id, status)
+        run = {"run_id": run_id, "experiment_id": info.experiment_id}
+        send(store, run, _tags_call({FAILURE_TAG: reason[:5000]}))
+        send(store, run, _end_call(status))
     except Exception:  # noqa: BLE001 - the command's own failure is reported, not this one
         pass
 
