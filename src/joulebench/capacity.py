@@ -20,7 +20,8 @@ from torch import nn
 from joulebench.compress import Baseline
 from joulebench.compress.stego import overwrite_model_
 from joulebench.compute import compute_settings
-from joulebench.config import RunConfig, int_ranges
+from joulebench.config import RunConfig
+from joulebench.inputs import int_ranges
 from joulebench.data import DataSplits, make_loader
 from joulebench.errors import ConfigError
 from joulebench.method_params import FILLS, MAX_BITS

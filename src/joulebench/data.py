@@ -23,7 +23,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from joulebench.config import int_ranges
+from joulebench.inputs import int_ranges
 from joulebench.errors import ConfigError
 from joulebench.images import ImageFiles, refuse_shared_files, scan_folder
 

@@ -24,7 +24,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from joulebench.config import file_problem
+from joulebench.inputs import file_problem
 from joulebench.errors import ConfigError
 
 # The paper's nine models, smallest to largest (parameters with the 1000-class ImageNet head).

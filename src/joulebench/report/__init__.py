@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from joulebench import names, tracking
-from joulebench.config import read_input_file
+from joulebench.inputs import read_input_file
 from joulebench.errors import ConfigError, nearest_existing, why_unwritable
 from joulebench.report.plots import PLOTS, pareto_front
 from joulebench.report.render import format_number, write_report

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import yaml
 
 from joulebench import timings, tracking
-from joulebench.config import read_input_file
+from joulebench.inputs import read_input_file
 from joulebench.errors import ConfigError
 from joulebench.sweep.grid import Combination
 from joulebench.sweep.progress import Outcome, Progress

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,10 +91,11 @@ def run_train(arguments: list[str], environment: dict[str, str], log_path: str) 
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    from joulebench.cli import main
-
+    # The installed console script, found by its name as Slurm and a user run it: the sweep stays
+    # below the command line (which runs sweeps) instead of importing it back.
+    (script,) = entry_points(group="console_scripts", name="joulebench")
     try:
-        main(["train", *arguments])
+        script.load()(["train", *arguments])
     finally:  # a forked child ends in os._exit: run the exit handlers an interpreter's exit would
         atexit._run_exitfuncs()
 
