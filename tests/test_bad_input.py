@@ -82,7 +82,9 @@ def test_the_command_line_refuses_in_one_line(case: Case, workdir: Path, monkeyp
         assert sorted(path.name for path in workdir.iterdir()) == before
 
 
-@pytest.mark.parametrize("case", INSTALLED, ids=[case.id for case in INSTALLED])
+# One installed case in the fast tier: each is a fresh interpreter that imports torch (seconds).
+@pytest.mark.parametrize("case", [pytest.param(case, marks=() if index == 0 else pytest.mark.slow)
+                                  for index, case in enumerate(INSTALLED)], ids=[case.id for case in INSTALLED])
 def test_the_installed_command_refuses_in_one_line(case: Case, workdir: Path):
     """As a user runs it: the installed console script in a fresh process."""
     case.setup(workdir)

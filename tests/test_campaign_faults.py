@@ -26,6 +26,9 @@ from support import MlflowServer, free_port, images, run_cli
 from support.grid import grid
 from support.campaign import LONG, QUICK, cells, runs, running_cell_with_an_epoch, start, wait_for
 
+# Every test here runs training processes and faults or stops them: minutes in all.
+pytestmark = pytest.mark.slow
+
 SWEEP = ["sweep", "--models", "tinynet", "--methods", "baseline,prune", *LONG[2:]]
 
 

@@ -14,6 +14,7 @@ from support import images, run_cli
 from support.bad_input import train
 
 
+@pytest.mark.slow
 def test_a_store_that_is_a_directory_is_refused_at_once(tmp_path):
     """`mlflow.db` a directory: bad input, said in one line at once (MLflow would retry for a minute)."""
     (tmp_path / "mlflow.db").mkdir()
@@ -39,6 +40,7 @@ def test_report_on_a_store_that_is_not_one_is_one_line(tmp_path, content, said):
     assert not (tmp_path / "out").exists() and store.exists() == (content is not None)
 
 
+@pytest.mark.slow
 def test_image_file_names_that_are_not_utf8_are_escaped_not_fatal(tmp_path):
     """A file name MLflow cannot hold as text (not UTF-8) is listed with \\x escapes; the run
     finishes (it was taken for an outage and left RUNNING)."""

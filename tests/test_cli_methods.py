@@ -25,6 +25,7 @@ def report_of(client, run, workdir: Path) -> dict:
     return json.loads(Path(client.download_artifacts(run.info.run_id, "compression_report.json", str(workdir))).read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "params"),
     [("stego", []), ("prune", []), ("prune", ["structured=true"]), ("lowrank", []), ("lowrank", ["conv=true"])],
@@ -56,6 +57,7 @@ def test_method_runs_and_reports(workdir, method, params):
         assert after["parameters"] < before["parameters"]
 
 
+@pytest.mark.slow
 def test_capacity_curve_logged(workdir):
     result = run_cli(
         ["capacity", "--model", "tinynet", "--weights", "none", "--epochs", "1", "--bits", "0,16,22,23",
@@ -74,6 +76,7 @@ def test_capacity_curve_logged(workdir):
     assert f"capacity  {int(run.data.metrics['capacity_bits'])} bits" in result.stdout
 
 
+@pytest.mark.slow
 def test_capacity_bad_bits_one_line(workdir):
     result = run_cli(["capacity", "--model", "tinynet", "--weights", "none", "--bits", "0-40"], cwd=workdir)
     assert result.returncode == 2

@@ -28,6 +28,7 @@ def nothing_measurable_here() -> bool:
     return not torch.cuda.is_available() and "rapl" not in available
 
 
+@pytest.mark.slow
 def test_train_records_params_metrics_tags_and_artifacts(workdir):
     result = run_cli(
         ["train", "--model", "tinynet", "--weights", "none", "--epochs", "2", "--idle-seconds", "1",
@@ -88,6 +89,14 @@ def test_train_records_params_metrics_tags_and_artifacts(workdir):
     assert "codecarbon_estimate" in result.stdout or "source:" in result.stdout
 
 
+def test_python_m_joulebench_is_the_cli():
+    """`python -m joulebench` (how a Slurm task runs it) is the same command line."""
+    result = subprocess.run([sys.executable, "-m", "joulebench", "train", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: joulebench train [OPTIONS]") and "--epochs" in result.stdout
+
+
 def test_unwritable_tracking_store_is_one_line(workdir, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/missing-dir/mlflow.db")
     with pytest.raises(SystemExit) as exit_info:
@@ -97,6 +106,7 @@ def test_unwritable_tracking_store_is_one_line(workdir, capsys, monkeypatch):
     assert "is not writable" in err and "MLFLOW_TRACKING_URI" in err and "\n" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_run_is_killed_and_keeps_finished_epochs(workdir, signum):
     executable = Path(sys.executable).with_name("joulebench")
@@ -161,7 +171,7 @@ def test_readme_main_job_verbatim_reaches_080_and_prints_the_comparison_url(work
 
 @pytest.mark.parametrize("args, said", [
     (["--model", "no_such_net"], "no_such_net"),  # refused before any run opens
-    (["--model", "tinynet", "--batch-size", "1e23"], "--batch-size"),
+    pytest.param(["--model", "tinynet", "--batch-size", "1e23"], "--batch-size", marks=pytest.mark.slow),
 ])
 def test_a_refused_command_under_mlflow_run_ends_its_run_failed_whatever_the_engine_reports(
         workdir, args, said):
@@ -179,6 +189,7 @@ def test_a_refused_command_under_mlflow_run_ends_its_run_failed_whatever_the_eng
     assert run.data.metrics == {}
 
 
+@pytest.mark.slow
 def test_a_run_mlflow_run_already_ended_is_left_as_it_ended(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")  # MLflow caches a store per URI
     launched = client.create_run(client.create_experiment("launched")).info.run_id
@@ -189,6 +200,7 @@ def test_a_run_mlflow_run_already_ended_is_left_as_it_ended(workdir):
     assert client.get_run(launched).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_runs_are_named_described_against_their_baseline_and_shown_in_the_comparison_view(workdir):
     """What the UI shows without a click: runs named `model-method`, a description that states the
     result against the baseline of the same settings, and the experiment's comparison view."""

@@ -258,8 +258,10 @@ def test_masks_follow_channels_last_and_sparsity_stays_exact():
 
 
 # Channel pruning: (model, input size). Traced and pruned by Torch-Pruning on real torchvision
-# architectures: residual (resnet18), dense concatenation (densenet121) and plain (vgg16).
-STRUCTURED_MODELS = [("resnet18", 32), ("densenet121", 32), ("vgg16", 32)]
+# architectures: residual (resnet18), dense concatenation (densenet121) and plain (vgg16); the
+# two large ones are slow (tens of seconds each on 2 cores).
+STRUCTURED_MODELS = [("resnet18", 32), pytest.param("densenet121", 32, marks=pytest.mark.slow),
+                     pytest.param("vgg16", 32, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize(("name", "size"), STRUCTURED_MODELS)
@@ -284,6 +286,7 @@ def head_name(model: str) -> str:
     return {"resnet18": "fc", "densenet121": "classifier", "vgg16": "classifier.6"}[model]
 
 
+@pytest.mark.slow
 def test_channel_pruning_keeps_the_auxiliary_head_of_inception_consistent():
     # Torch-Pruning traces in eval mode, where Inception skips AuxLogits; the prune method
     # traces the top-level training branch so AuxLogits' input channels are pruned too.

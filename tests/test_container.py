@@ -29,7 +29,8 @@ from mlflow.tracking import MlflowClient
 
 from support import MlflowServer, free_port
 
-pytestmark = pytest.mark.container
+# Slow too, so that the fast tier (-m "not slow", which replaces addopts' -m) leaves them out.
+pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOCS = PROJECT_ROOT / "docs" / "containers.md"

@@ -21,6 +21,9 @@ from mlflow.tracking import MlflowClient
 from support import run_cli
 from support.campaign import LONG, QUICK, running_cell_with_an_epoch, runs, start, wait_for
 
+# Every test here fills a real filesystem under a training process.
+pytestmark = pytest.mark.slow
+
 ONE_EPOCH = [*QUICK, "--epochs", "1", "--limit-train-batches", "1"]
 
 

@@ -32,7 +32,12 @@ DESIGN_MILLIONS = {
 }
 
 
-@pytest.mark.parametrize("name", list(PAPER_MODELS))
+# The largest take seconds each to build on 2 cores: in the full suite only.
+LARGEST = {"vgg16", "densenet201", "vit_b_16", "resnet101"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in LARGEST else name
+                                  for name in PAPER_MODELS])
 def test_paper_model_parameter_count_and_new_head(name):
     imagenet = _architecture(name)
     assert parameter_count(imagenet) == pytest.approx(DESIGN_MILLIONS[name] * 1e6, rel=0.01)

@@ -4,6 +4,7 @@ fixtures); what modules share lives in tests/support/."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -34,3 +35,31 @@ def test_conftest_defines_only_fixtures_and_their_settings():
     helpers = [f.name for f in functions
                if not any("fixture" in ast.unparse(decorator) for decorator in f.decorator_list)]
     assert not helpers, f"move these helpers to tests/support/: {helpers}"
+
+
+def test_readmes_fast_tier_is_the_declared_slow_marker_left_out():
+    """README's "While developing" line names the fast tier as a command in prose (running it
+    here would run pytest inside pytest): it must be exactly the suite less the `slow` marker
+    pyproject declares, and say that CI runs everything."""
+    import shlex
+    import tomllib
+
+    root = TESTS.parent
+    readme = (root / "README.md").read_text()
+    assert readme.count("\nWhile developing, run ") == 1
+    paragraph = readme.split("\nWhile developing, run ")[1].split("\n\n")[0]
+    (command,) = [code for code in re.findall(r"`([^`]+)`", paragraph) if "-m" in code]
+    assert shlex.split(command) == [".venv/bin/pytest", "-m", "not slow"]
+    assert "`.ci/run` runs all of them" in paragraph
+    markers = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(marker.startswith("slow:") and "not slow" in marker for marker in markers)
+
+
+def test_container_tests_are_slow_too():
+    """`-m "not slow"` replaces addopts' `-m 'not container'`: only a `slow` mark keeps the
+    container proof out of the fast tier."""
+    marks = [(path.name, line) for path in TESTS.glob("test_*.py") for line in path.read_text().splitlines()
+             if re.match(r"(pytestmark = |@)\S*pytest\.mark\.container\b", line)]
+    assert marks
+    for name, line in marks:
+        assert "pytest.mark.slow" in line, f"{name}: {line}"

@@ -215,6 +215,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_combinations(workdir):
 
 # --------------------------------------------------------------------------- cheap cells
 
+@pytest.mark.slow
 def test_the_fork_server_preloads_without_a_thread_or_cuda_fake_cuda_init_no_gpu_here():
     """What the server imports must leave each forked cell a clean start: no thread to lose in
     the fork, no CUDA context to share (its initialisation is replaced by a failing fake)."""
@@ -324,6 +325,7 @@ with open(sys.argv[1], "a") as handle:
 """ + STAND_IN_RUN
 
 
+@pytest.mark.slow
 def test_gpus_run_one_child_per_gpu_at_a_time_fake_gpus_no_gpu_here(tmp_path, sweep_store):
     """Two "GPUs" (physical ids 3 and 5): each child sees one; never two children on one id.
 

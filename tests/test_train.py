@@ -144,6 +144,7 @@ def artifact_json(client: MlflowClient, run, name: str, workdir: Path):
     return json.loads(Path(client.download_artifacts(run.info.run_id, name, str(workdir))).read_text())
 
 
+@pytest.mark.slow
 def test_a_three_batch_stego_run_is_flagged_short_and_saves_its_bfloat16_weights(workdir):
     result = run_cli(
         ["train", "--model", "tinynet", "--method", "stego", "--epochs", "1", "--limit-train-batches", "3",
@@ -176,6 +177,7 @@ def test_a_three_batch_stego_run_is_flagged_short_and_saves_its_bfloat16_weights
     assert report["after"]["weight_bytes"] < report["before"]["weight_bytes"]
 
 
+@pytest.mark.slow
 def test_a_saved_pruned_model_loads_strictly_into_a_fresh_torchvision_model(workdir):
     result = run_cli(
         ["train", "--model", "resnet18", "--weights", "none", "--method", "prune", "--epochs", "1",
@@ -206,6 +208,7 @@ def test_an_emulated_precision_is_tagged_and_flagged_probe_faked(workdir, monkey
     assert "short_run" in run.data.tags  # and two batches are a short run, too
 
 
+@pytest.mark.slow
 def test_a_loss_that_turns_non_finite_fails_the_run_in_one_line_naming_epoch_step_and_lr(workdir):
     # lr 1e30 is finite (it passes validation) and makes Adam's first update overflow.
     result = run_cli(

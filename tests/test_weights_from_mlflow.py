@@ -40,6 +40,7 @@ def fine_tuned(folder: Path, weights: str):
     return max(client.search_runs(["1"], f"params.weights = '{weights}'"), key=lambda run: run.info.start_time)
 
 
+@pytest.mark.slow
 def test_a_run_fine_tunes_from_the_state_dict_another_run_logged(pretrained):
     folder, source = pretrained
     run = fine_tuned(folder, f"runs:/{source}/weights")
@@ -48,6 +49,7 @@ def test_a_run_fine_tunes_from_the_state_dict_another_run_logged(pretrained):
     assert run.data.params["dataset"] == "digits:5-9"
 
 
+@pytest.mark.slow
 def test_a_registered_alias_loads_through_the_registry(pretrained):
     folder, source = pretrained
     registry = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
@@ -59,6 +61,7 @@ def test_a_registered_alias_loads_through_the_registry(pretrained):
     assert f"(run {source}, sha256 " in run.data.params["weights_source"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights, model, said", [
     ("runs:/{source}/model", "resnet18", "is a model in MLflow's PyTorch flavour, a pickled module"),
     ("runs:/0123456789abcdef0123456789abcdef/weights", "resnet18", "--weights runs:/0123456789abcdef"),
