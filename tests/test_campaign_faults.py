@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -308,15 +308,16 @@ def test_report_of_runs_whose_epochs_are_partly_measured(workdir):
     """An epoch shorter than a meter's update has no epoch_joules: the report says so, no KeyError.
 
     Whether a real epoch is that short depends on the host's load, so the run is a copy of a real
-    one (same params, tags and metrics) without epoch 1's epoch_joules."""
+    one (same params, tags and metrics) whose epoch_joules is epoch 2's only."""
     result = run_cli(["train", *QUICK, "--epochs", "2", "--limit-train-batches", "2"], cwd=workdir)
     assert result.returncode == 0, result.stderr
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     (run,) = runs(uri)
     client = MlflowClient(uri)
     copy = client.create_run(run.info.experiment_id, tags=run.data.tags).info.run_id
-    history = [m for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)
-               if not (key == "epoch_joules" and m.step == 1)]  # epoch 1 unmeasured
+    history = [m for key in run.data.metrics if key != "epoch_joules"
+               for m in client.get_metric_history(run.info.run_id, key)]
+    history.append(Metric("epoch_joules", 5.0, 0, 2))  # epoch 1 unmeasured
     client.log_batch(copy, metrics=history, params=[Param(k, v) for k, v in run.data.params.items()])
     client.set_terminated(copy, "FINISHED")
     client.delete_run(run.info.run_id)

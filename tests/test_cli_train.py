@@ -114,6 +114,9 @@ def test_interrupted_run_is_killed_and_keeps_finished_epochs(workdir, signum):
         [str(executable), "train", "--model", "tinynet", "--weights", "none", "--epochs", "500",
          "--limit-train-batches", "3", "--idle-seconds", "0", "--quiet"],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As a terminal's Ctrl-C finds it: a test run in the background (`pytest &`) has SIGINT ignored,
+        # and a child inherits that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         client, run_id = _wait_for_first_epoch(workdir / "mlflow.db", process)
