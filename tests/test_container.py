@@ -358,3 +358,24 @@ def test_mlflow_run_records_into_a_tracking_server_on_the_host(
     (run,) = client.search_runs(["0"])
     assert run.info.status == "FINISHED" and run.data.metrics["energy_total_j"] > 0
     assert (tracking_server.folder / "artifacts" / "0" / run.info.run_id / "artifacts" / "config.json").is_file()
+
+
+@needs_engine
+def test_mlflow_run_fine_tunes_from_a_registered_model_of_the_tracking_server(
+        built: Path, blocks: Blocks, root: User, tracking_server: MlflowServer) -> None:
+    """``-P weights=models:/NAME/VERSION``: the container downloads the state dict through the
+    server (which serves the artifacts) and records the version's run as its lineage."""
+    server = f"{blocks.environment}\nexport MLFLOW_TRACKING_URI={tracking_server.uri}\n"
+    pretrain = root.run(f"{server}joulebench train --model tinynet --weights none --dataset digits:0-4 --epochs 1 "
+                        "--limit-train-batches 2 --idle-seconds 0 --register-model digits-0-4 --quiet", cwd=built)
+    assert "models:/digits-0-4/1" in pretrain.stdout, pretrain.stderr[-3000:]
+    result = root.run(f"{server}mlflow run . -P model=tinynet -P weights=models:/digits-0-4/1 -P dataset=digits:5-9 "
+                      "-P epochs=1", cwd=built)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(tracking_server.uri)
+    source = client.get_model_version("digits-0-4", "1").run_id
+    (run,) = client.search_runs(["0"], "params.weights = 'models:/digits-0-4/1'")
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.env"] == "docker"
+    assert run.data.params["weights_source"].startswith(f"models:/digits-0-4/1 (run {source}, sha256 ")
+    inputs = client.get_run(run.info.run_id).inputs.model_inputs  # a search's runs do not carry them
+    assert {client.get_logged_model(m.model_id).source_run_id for m in inputs} == {source}

@@ -173,6 +173,31 @@ def test_a_method_parameter_change_reruns_only_that_methods_train_stage_and_the_
         assert sorted(row["method"] for row in csv.DictReader(handle)) == ["baseline", "prune (amount=0.25)"]
 
 
+def test_params_naming_a_registered_model_train_from_it_and_a_new_version_reruns_the_train_stages(project):
+    """``train.weights: models:/NAME/VERSION`` in params.yaml: the train stages fine-tune from the
+    registry's weights (the runs record the version's run as their lineage), and since the version
+    is a param of every train stage, naming another one makes them stale."""
+    pretrain = subprocess.run(
+        ["joulebench", "train", "--model", "tinynet", "--weights", "none", "--dataset", "digits:0-4", "--epochs", "1",
+         "--limit-train-batches", "2", "--idle-seconds", "0", "--inference-batches", "1", "--experiment", "pretrain",
+         "--register-model", "digits-0-4", "--quiet"], cwd=project.root, env=project.env, capture_output=True, text=True)
+    assert "models:/digits-0-4/1" in pretrain.stdout, pretrain.stderr[-2000:]
+    project.dvc("exp", "run", "-S", "train.weights=models:/digits-0-4/1")
+
+    client = MlflowClient(f"sqlite:///{project.root / 'mlflow.db'}")
+    source = client.get_model_version("digits-0-4", "1").run_id
+    for run in project.train_runs()[-2:]:
+        assert run.data.params["weights_source"].startswith(f"models:/digits-0-4/1 (run {source}, sha256 ")
+        (model,) = client.get_run(run.info.run_id).inputs.model_inputs  # a search's runs do not carry them
+        assert client.get_logged_model(model.model_id).source_run_id == source
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    params["train"]["weights"] = "models:/digits-0-4/2"
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = project.dvc("status")  # each stage: its params (`train`) and its command changed
+    stale = [block.split(":")[0] for block in status.split("train@")[1:] if "changed command" in block]
+    assert stale == ["tinynet-baseline-0", "tinynet-prune-0"], status
+
+
 def test_push_then_pull_restores_every_output_byte_for_byte(project, tmp_path):
     outputs = ("data/datasets/digits", *map(str, METRICS.values()), "reports")
     before = _digests(project.root, *outputs)

@@ -289,3 +289,15 @@ def test_weights_fine_tuned_on_another_task_load_their_body_and_get_a_new_head(t
     assert torch.equal(model.conv1.weight, source.conv1.weight)
     assert torch.equal(model.layer4[1].bn2.running_mean, source.layer4[1].bn2.running_mean)
     assert model.fc.weight.shape == (3, 512)
+
+
+def test_tinynet_loads_trained_weights_of_another_class_count_but_has_no_imagenet_ones(tmp_path):
+    """The offline transfer task pretrains tinynet on 5 digits and fine-tunes it on 3 others."""
+    torch.manual_seed(0)
+    pretrained = build_model("tinynet", 5)
+    torch.save(pretrained.state_dict(), tmp_path / "tinynet-0-4.pth")
+    model = build_model("tinynet", 3, str(tmp_path / "tinynet-0-4.pth"))
+    assert torch.equal(model.features[0].weight, pretrained.features[0].weight)
+    assert model.classifier[-1].out_features == 3
+    with pytest.raises(ConfigError, match="tinynet has no ImageNet weights"):
+        build_model("tinynet", 3, "imagenet")

@@ -40,6 +40,13 @@ def fine_tuned(folder: Path, weights: str):
     return max(client.search_runs(["1"], f"params.weights = '{weights}'"), key=lambda run: run.info.start_time)
 
 
+def started_from(folder: Path, run) -> set[str]:
+    """The runs whose logged models ``run`` names as its inputs: MLflow's lineage, as the UI shows it."""
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    inputs = client.get_run(run.info.run_id).inputs.model_inputs  # a search's runs do not carry them
+    return {client.get_logged_model(model.model_id).source_run_id for model in inputs}
+
+
 @pytest.mark.slow
 def test_a_run_fine_tunes_from_the_state_dict_another_run_logged(pretrained):
     folder, source = pretrained
@@ -47,6 +54,7 @@ def test_a_run_fine_tunes_from_the_state_dict_another_run_logged(pretrained):
     assert run.info.status == "FINISHED"
     assert run.data.params["weights_source"].startswith(f"runs:/{source}/weights (run {source}, sha256 ")
     assert run.data.params["dataset"] == "digits:5-9"
+    assert started_from(folder, run) == {source}
 
 
 @pytest.mark.slow
@@ -129,3 +137,4 @@ def test_readme_recipe_pretrains_registers_fine_tunes_every_method_and_measures_
     for run in fine_tuned_runs:
         assert run.info.status == "FINISHED"
         assert run.data.params["weights_source"].startswith(f"models:/digits-0-4/1 (run {pretraining}, sha256 ")
+        assert started_from(workdir, run) == {pretraining}

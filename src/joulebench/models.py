@@ -148,11 +148,11 @@ def verify_hash(path: Path, expected_prefix: str, name: str) -> None:
 def build_model(name: str, num_classes: int, weights: str = "none") -> nn.Module:
     """The model with ``weights`` (``none`` | ``imagenet`` | a path) and a ``num_classes`` head."""
     check_model_name(name)
-    if name == "tinynet":
-        if weights != "none":
-            raise ConfigError("tinynet has no pretrained weights; pass --weights none")
-        return TinyNet(num_classes)
-    model = _architecture(name)
+    if name == "tinynet" and weights == "imagenet":
+        raise ConfigError("tinynet has no ImageNet weights; pass --weights none, or a file of trained tinynet weights")
+    if name == "tinynet" and weights == "none":
+        return TinyNet(num_classes)  # built for this task's classes: no head to replace
+    model = TinyNet() if name == "tinynet" else _architecture(name)
     if weights != "none":
         path = default_weights_path(name) if weights == "imagenet" else Path(weights)
         state = load_state_dict(name, path, check_hash=weights == "imagenet")

@@ -41,14 +41,23 @@ class Summary:
     registered: str | None = None  # models:/NAME/VERSION of the weights, with --register-model
 
 
-def weights_source(config: RunConfig, stored: StoredWeights | None = None) -> str:
-    """Where the weights came from, for the run's params: a store's weights name their run and hash
-    (read while the downloaded file exists)."""
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """Where a run's weights came from: its ``weights_source`` param, and the models in MLflow they
+    were logged with, which the run records as its inputs (MLflow's lineage between the two runs)."""
+
+    param: str
+    model_ids: tuple[str, ...] = ()
+
+
+def weights_origin(config: RunConfig, stored: StoredWeights | None = None) -> WeightsOrigin:
+    """A store's weights are named by their run and hash (read while the downloaded file exists)."""
     if config.weights == "imagenet":
-        return f"imagenet:{default_weights_path(config.model)}"
+        return WeightsOrigin(f"imagenet:{default_weights_path(config.model)}")
     if stored is not None:
-        return f"{config.weights} (run {stored.run_id}, sha256 {sha256_of(stored.path)})"
-    return config.weights
+        return WeightsOrigin(f"{config.weights} (run {stored.run_id}, sha256 {sha256_of(stored.path)})",
+                             stored.model_ids)
+    return WeightsOrigin(config.weights)
 
 
 def energy_tags(result: RunResult, monitor: energy.EnergyMonitor) -> dict[str, str]:
@@ -75,33 +84,34 @@ def measurements_table(monitor: energy.EnergyMonitor) -> list[dict[str, object]]
     ]
 
 
-def load_data_and_model(config: RunConfig) -> tuple[DataSplits, torch.nn.Module, str]:
+def load_data_and_model(config: RunConfig) -> tuple[DataSplits, torch.nn.Module, WeightsOrigin]:
     """The dataset splits, the model with its new head, and where its weights came from (bad
     input fails here, before any run; weights in the store are downloaded, loaded and dropped)."""
     data = load_dataset(config.dataset, config.data_dir, config.image_size, config.seed)
     torch.manual_seed(config.seed)  # the new head's initialisation is part of the run's seed
     if not is_stored(config.weights):
-        return data, build_model(config.model, data.num_classes, config.weights), weights_source(config)
+        return data, build_model(config.model, data.num_classes, config.weights), weights_origin(config)
     with TemporaryDirectory(prefix="joulebench-weights-") as folder:
         stored = download_weights(config.weights, Path(folder))
-        return data, build_model(config.model, data.num_classes, str(stored.path)), weights_source(config, stored)
+        return data, build_model(config.model, data.num_classes, str(stored.path)), weights_origin(config, stored)
 
 
 def train_and_record(config: RunConfig, progress: bool) -> Summary:
     """Build everything (bad input fails before any run exists), then train inside one run."""
-    data, model, source = load_data_and_model(config)
+    data, model, origin = load_data_and_model(config)
     method = build_method(config.method, config.method_params)
     # A precision this device cannot run (stego dtype=float16 on CPU) is refused here, not mid-run.
     settings = compute_settings(config, model, method)
     tags = environment_tags(data.version) | {"model": config.model, "method": config.method}
     tags |= emulation_tags(settings)
-    params = config_params(config, source) | settings.params()
+    params = config_params(config, origin.param) | settings.params()
     with TemporaryDirectory(prefix="joulebench-") as scratch:
         monitor = energy.build_monitor(
             torch.device(config.device), country=config.country,
             output_dir=Path(scratch), sample_hz=config.sample_hz,
         )
         with recorded_run(config, tags, params) as recorder:
+            recorder.log_model_inputs(origin.model_ids)
             try:
                 result = run(config, data, model, method, monitor, settings, _epoch_logger(recorder), progress)
             finally:
@@ -242,8 +252,8 @@ def capacity_and_record(
     config: RunConfig, bits_values: list[int], fill: str, tolerance: float, progress: bool
 ) -> CapacitySummary:
     """Fine-tune ``config.epochs`` epochs, then overwrite 0…23 low-order bits and evaluate each."""
-    data, model, source = load_data_and_model(config)
-    params = config_params(config, source) | {
+    data, model, origin = load_data_and_model(config)
+    params = config_params(config, origin.param) | {
         "capacity.bits_values": ",".join(map(str, bits_values)),
         "capacity.fill": fill,
         "capacity.tolerance": tolerance,
@@ -251,6 +261,7 @@ def capacity_and_record(
     # The run fine-tunes with config.method (its param); the bits are overwritten afterwards.
     tags = environment_tags(data.version) | {"model": config.model, "method": config.method}
     with recorded_run(config, tags, params, command="capacity") as recorder:
+        recorder.log_model_inputs(origin.model_ids)
         model = fine_tune(config, data, model, progress)
         curve = capacity_curve(model, accuracy_evaluator(config, data, model), bits_values, fill, config.seed)
         safe = largest_safe_bits(curve, tolerance)

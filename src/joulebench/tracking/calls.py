@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import requests
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import LoggedModelInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -105,6 +105,10 @@ def log_pytorch_model(store: MlflowClient, run_id: str, experiment_id: str, mode
     )
 
 
+def _log_inputs(store: MlflowClient, run: dict[str, str], args: dict[str, Any], files: list[str]) -> None:
+    store.log_inputs(run["run_id"], models=[LoggedModelInput(model_id) for model_id in args["models"]])
+
+
 def _update_run(store: MlflowClient, run: dict[str, str], args: dict[str, Any], files: list[str]) -> None:
     store.update_run(run["run_id"], status=args["status"], name=args.get("name"))
 
@@ -118,6 +122,7 @@ CALLS: dict[str, Callable[[MlflowClient, dict[str, str], dict[str, Any], list[st
     "log_text": _log_text,
     "log_artifact": _log_artifact,
     "log_model": _log_model,
+    "log_inputs": _log_inputs,
     "update_run": _update_run,
     "set_terminated": _set_terminated,
 }

@@ -181,6 +181,11 @@ class Recorder:
             torch.save(example.cpu(), files[1])
             self._send(Call("log_model", {}, files))
 
+    def log_model_inputs(self, model_ids: tuple[str, ...]) -> None:
+        """The logged models this run started from: MLflow's lineage, readable as the run's inputs."""
+        if model_ids:
+            self._send(Call("log_inputs", {"models": list(model_ids)}, []))
+
     def end(self, status: str) -> None:
         """Close the run with ``status``; EnvironmentFault if the store has not taken everything
         within timings.OUTAGE_GRACE (the outbox keeps it, and the message says how to send it)."""

@@ -29,6 +29,7 @@ class StoredWeights:
 
     path: Path
     run_id: str  # the run that logged it (a model version's run)
+    model_ids: tuple[str, ...]  # that run's logged models (`--save-model`): the lineage a run records
 
 
 def is_stored(weights: str) -> bool:
@@ -57,7 +58,18 @@ def download_weights(uri: str, into: Path) -> StoredWeights:
     except (requests.RequestException, ConnectionError) as error:
         raise _unreachable(uri, error) from None
     path = _state_dict_file(local, uri)
-    return StoredWeights(path, run_id)
+    return StoredWeights(path, run_id, _logged_models(run_id))
+
+
+def _logged_models(run_id: str) -> tuple[str, ...]:
+    """The models run ``run_id`` logged (MLflow 3's LoggedModels), which a run fine-tuned from its
+    weights names as its inputs: MLflow's lineage between the two runs, shown on the run's page."""
+    if not run_id:
+        return ()
+    store = client()
+    experiment_id = store.get_run(run_id).info.experiment_id
+    models = store.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    return tuple(model.model_id for model in models)
 
 
 def _model_version(name_and_version: str):
