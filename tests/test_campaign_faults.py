@@ -22,6 +22,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from joulebench.config import make_config
+from joulebench.tracking import recorded_run
 from support import MlflowServer, free_port, images, run_cli
 from support.grid import grid
 from support.campaign import LONG, QUICK, cells, runs, running_cell_with_an_epoch, start, wait_for
@@ -229,7 +231,7 @@ def test_tracking_server_gone_for_good_keeps_every_result_for_resend(tmp_path, s
     assert process.returncode == 75
     folder = tmp_path / "joulebench-unsent" / run.info.run_id
     line = one_error_line(err)
-    assert "the run ran to its end (FINISHED)" in line and f"joulebench resend {Path('joulebench-unsent') / run.info.run_id}" in line
+    assert "the run ended FINISHED and everything unsent (its end too)" in line and f"joulebench resend {Path('joulebench-unsent') / run.info.run_id}" in line
     assert (folder / "journal.jsonl").is_file()
     server.start()
     assert MlflowClient(server.uri).get_run(run.info.run_id).info.status == "RUNNING"
@@ -241,6 +243,42 @@ def test_tracking_server_gone_for_good_keeps_every_result_for_resend(tmp_path, s
     assert finished.info.status == "FINISHED" and "accuracy" in finished.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == list(range(1, 61))
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "epochs.csv", "energy"}
+
+
+def test_stopped_while_the_tracking_server_is_gone_says_the_end_is_kept_not_recorded(tmp_path, server):
+    """SIGTERM (as Ctrl-C, scancel) with the store away: the run's KILLED end waits in the outbox
+    and the line says so, where it once said "marked KILLED" and left the run RUNNING unsaid."""
+    process = start(["train", *LONG], tmp_path, {"MLFLOW_TRACKING_URI": server.uri})
+    try:
+        run = wait_for(lambda: running_cell_with_an_epoch(server.uri), 300, "an epoch", process)
+        server.stop()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 75, err
+    folder = Path("joulebench-unsent") / run.info.run_id
+    line = one_error_line(err)
+    assert "the run ended KILLED and everything unsent (its end too)" in line and f"joulebench resend {folder}" in line
+    assert "marked KILLED" not in err and "Traceback" not in err
+    server.start()
+    assert MlflowClient(server.uri).get_run(run.info.run_id).info.status == "RUNNING"
+    sent = run_cli(["resend", str(folder)], cwd=tmp_path, env={"MLFLOW_TRACKING_URI": server.uri})
+    assert sent.returncode == 0, sent.stderr
+    assert MlflowClient(server.uri).get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_a_bug_with_the_tracking_server_gone_keeps_its_traceback_and_says_where_the_end_waits(
+        tmp_path, server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ZeroDivisionError) as raised:
+        with recorded_run(make_config(model="tinynet", device="cpu"), {}, {}) as recorder:
+            server.stop()
+            1 / 0
+    (note,) = raised.value.__notes__
+    assert "the run ended FAILED and everything unsent (its end too)" in note
+    assert f"joulebench resend {Path('joulebench-unsent') / recorder.run_id}" in note
 
 
 # --------------------------------------------------------------------------- the store itself

@@ -1,14 +1,19 @@
 """tracking: the store check, and artefact tables whose rows do not all have the same keys."""
 
+import os
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from joulebench.config import make_config
 from joulebench.errors import EXIT_ENVIRONMENT, ConfigError, EnvironmentFault
-from joulebench.tracking import Recorder, environment_tags, use_store
+from joulebench.signals import handle_stop_signals, uninterrupted
+from joulebench.tracking import Recorder, environment_tags, recorded_run, use_store
 from joulebench.tracking.runs import PACKAGE_DIR
 
 
@@ -105,3 +110,79 @@ def test_under_mlflow_run_in_a_container_the_open_line_names_the_hosts_store_not
     assert "/mlflow/tmp" not in line.replace(str(tmp_path), "")
     monkeypatch.delenv("MLFLOW_RUN_ID")  # a run of its own in such a store: named as it is
     assert line != ui_command(run_id, experiment) and str(mount) in ui_command(run_id, experiment)
+
+
+@pytest.fixture
+def stop_signals():
+    """This process's stop-signal handlers as the CLI installs them, restored afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    handle_stop_signals()
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def _signalling_during(monkeypatch, method: str, signums: list[signal.Signals]) -> list[str]:
+    """MlflowClient.``method`` gets ``signums`` (real signals, to this process) while it runs;
+    returns where each call got to, so a test can see whether the store call was finished."""
+    real = getattr(MlflowClient, method)
+    reached: list[str] = []
+
+    def interrupted_midway(self, *args, **kwargs):
+        for signum in signums:
+            os.kill(os.getpid(), signum)
+        reached.append("signalled")
+        result = real(self, *args, **kwargs)
+        reached.append("stored")
+        return result
+
+    monkeypatch.setattr(MlflowClient, method, interrupted_midway)
+    return reached
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
+def test_a_stop_signal_during_a_store_call_ends_the_run_killed_after_the_call(
+        tmp_path, monkeypatch, stop_signals, signum):
+    """The kit's Ctrl-C once landed inside an SQLite write: the store's connection kept its
+    lock, the run's end failed as "database is locked" and the run stayed RUNNING."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        with recorded_run(make_config(model="tinynet", device="cpu"), {}, {}) as recorder:
+            reached = _signalling_during(monkeypatch, "log_batch", [signum])  # the epoch's write only
+            recorder.log_epoch(1, {"val_accuracy": 0.5})
+            pytest.fail("the signal was not acted on when the store call returned")
+    assert reached == ["signalled", "stored"]
+    (run,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("joulebench").experiment_id])
+    assert run.info.status == "KILLED" and run.data.metrics["val_accuracy"] == 0.5
+    assert not (tmp_path / "joulebench-unsent").exists()
+
+
+def test_a_second_stop_signal_does_not_wait_for_the_store_call(tmp_path, monkeypatch, stop_signals):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = use_store("twice")
+    run_id = MlflowClient().create_run(experiment_id).info.run_id
+    reached = _signalling_during(monkeypatch, "log_batch", [signal.SIGINT, signal.SIGTERM])
+    with pytest.raises(KeyboardInterrupt):
+        Recorder(run_id, experiment_id).log_metrics({"loss": 1.0})
+    assert reached == []  # stopped inside the call, before its write
+    assert MlflowClient().get_run(run_id).data.metrics == {}
+
+
+def test_outside_the_main_thread_a_store_call_holds_nothing_back(stop_signals):
+    """Signals reach only the main thread: another thread's calls neither defer nor raise one."""
+    outcome: list[str] = []
+
+    def call_in_a_thread():
+        with uninterrupted():
+            outcome.append("inside")
+        outcome.append("after")
+
+    thread = threading.Thread(target=call_in_a_thread)
+    thread.start()
+    thread.join()
+    assert outcome == ["inside", "after"]
+    with pytest.raises(KeyboardInterrupt), uninterrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        outcome.append("finished the main thread's call")
+    assert outcome[-1] == "finished the main thread's call"

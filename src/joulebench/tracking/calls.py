@@ -18,6 +18,7 @@ from mlflow.entities import LoggedModelInput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from joulebench.signals import uninterrupted
 from joulebench.tracking.weights import WEIGHTS_FOLDER
 
 if TYPE_CHECKING:  # torch is imported where it is used: `report` reads runs without it
@@ -129,5 +130,7 @@ CALLS: dict[str, Callable[[MlflowClient, dict[str, str], dict[str, Any], list[st
 
 
 def send(store: MlflowClient, run: dict[str, str], call: Call) -> None:
-    """Make ``call`` to run ``run["run_id"]`` (``run["experiment_id"]`` for a model) in ``store``."""
-    CALLS[call.name](store, run, call.args, call.files)
+    """Make ``call`` to run ``run["run_id"]`` (``run["experiment_id"]`` for a model) in ``store``,
+    whole: Ctrl-C or SIGTERM takes effect once it has returned."""
+    with uninterrupted():
+        CALLS[call.name](store, run, call.args, call.files)

@@ -35,7 +35,8 @@ from mlflow.utils.time import get_current_time_millis
 
 from joulebench import names, timings
 from joulebench.config import RunConfig
-from joulebench.errors import ConfigError, EnvironmentFault, disk_full, first_line
+from joulebench.errors import ConfigError, EnvironmentFault, JoulebenchError, disk_full, first_line
+from joulebench.signals import uninterrupted
 from joulebench.tracking.calls import STORE_FAILURES, Call, is_permanent, send
 from joulebench.tracking.outbox import OUTBOX_ROOT, Outbox, load
 from joulebench.tracking.process import process_tags
@@ -198,7 +199,7 @@ class Recorder:
         if self.outbox.pending:
             raise EnvironmentFault(
                 f"the MLflow store {tracking_uri()} stopped taking this run's results "
-                f"({self.outbox.reason}); the run ran to its end ({status}) and everything unsent is "
+                f"({self.outbox.reason}); the run ended {status} and everything unsent (its end too) is "
                 f"kept in {self.outbox.folder}: send it once the store answers with "
                 f"`joulebench resend {self.outbox.folder}`"
             )
@@ -308,7 +309,8 @@ def _open_run(store: MlflowClient, experiment_id: str, config: RunConfig, tags: 
         _check_parent(store, config.parent_run_id)
         tags = tags | {MLFLOW_PARENT_RUN_ID: config.parent_run_id}
     # resolve_tags adds what mlflow.start_run would: user, source name and type, git commit.
-    return store.create_run(experiment_id, tags=resolve_tags(tags), run_name=name).info.run_id
+    with uninterrupted():  # a run made but never returned here could not be ended
+        return store.create_run(experiment_id, tags=resolve_tags(tags), run_name=name).info.run_id
 
 
 def close_launched_run(status: str, reason: str) -> None:
@@ -388,6 +390,11 @@ def recorded_run(
             if full is not None:
                 raise recorder.full_disk(full, RunStatus.to_string(status), closed=False) from None
             if ending is None or not isinstance(failure, EnvironmentFault):
-                raise  # else the error that ended the run is the one to report
+                raise
+            # The run's end waits in the outbox: said whatever ended it, never "marked KILLED".
+            if not isinstance(ending, (KeyboardInterrupt, JoulebenchError)):
+                ending.add_note(str(failure))  # a bug keeps its traceback, this line under it
+            else:
+                raise EnvironmentFault(f"{failure}{f' (it ended on: {ending})' if str(ending) else ''}") from ending
         if full is not None:
             raise recorder.full_disk(full, RunStatus.to_string(status), closed=True) from None

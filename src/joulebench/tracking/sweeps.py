@@ -16,6 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 
 from joulebench import names
+from joulebench.signals import uninterrupted
 from joulebench.tracking.calls import Call, send
 from joulebench.tracking.process import HOST_TAG, PID_TAG, process_alive
 from joulebench.tracking.store import all_runs, client, use_store
@@ -52,10 +53,11 @@ def open_sweep_run(
         run_id = previous[0].info.run_id
         _write(run_id, "update_run", status=RunStatus.to_string(RunStatus.RUNNING))
     else:
-        run = store.create_run(  # opening a run is not one of the calls: there is no run to call yet
-            experiment_id, run_name=f"sweep-{sweep_hash[:8]}",
-            tags={RUN_KIND_TAG: "sweep", SWEEP_HASH_TAG: sweep_hash},
-        )
+        with uninterrupted():  # opening a run is not one of the calls: there is no run to call yet
+            run = store.create_run(
+                experiment_id, run_name=f"sweep-{sweep_hash[:8]}",
+                tags={RUN_KIND_TAG: "sweep", SWEEP_HASH_TAG: sweep_hash},
+            )
         run_id = run.info.run_id
         _write(run_id, "log_batch", params=[(key, str(value)) for key, value in params.items()])
         _write(run_id, "log_text", text=json.dumps(grid, indent=2), name=GRID_ARTIFACT)
