@@ -114,8 +114,10 @@ def test_under_mlflow_run_in_a_container_the_open_line_names_the_hosts_store_not
 
 @pytest.fixture
 def stop_signals():
-    """This process's stop-signal handlers as the CLI installs them, restored afterwards."""
+    """This process's stop-signal handlers as the CLI installs them in a terminal, restored
+    afterwards (a test run in the background, `pytest &`, starts with SIGINT ignored)."""
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     handle_stop_signals()
     yield
     for signum, handler in saved.items():
@@ -186,3 +188,11 @@ def test_outside_the_main_thread_a_store_call_holds_nothing_back(stop_signals):
         os.kill(os.getpid(), signal.SIGINT)
         outcome.append("finished the main thread's call")
     assert outcome[-1] == "finished the main thread's call"
+
+
+def test_an_ignored_ctrl_c_stays_ignored(stop_signals):
+    """A background job (`joulebench train … &`, nohup) has SIGINT ignored: the CLI leaves it so."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    handle_stop_signals()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL
