@@ -79,6 +79,16 @@ def test_bfloat16_on_a_cpu_without_native_bfloat16_is_emulated_probe_faked(monke
     assert compute.emulated_precision(torch.bfloat16, CPU) is None
 
 
+@pytest.mark.parametrize(("avx512_bf16", "amx", "recorded"),
+                         [(False, False, "none"), (True, False, "AVX512-BF16"), (True, True, "AVX512-BF16, AMX")])
+def test_a_run_records_its_cpus_bfloat16_units_probe_faked(monkeypatch, avx512_bf16, amx, recorded):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    config = make_config(model="tinynet", method="baseline", device="cpu")
+    settings = compute.compute_settings(config, build_model("tinynet", 10), method("baseline"))
+    assert settings.params()["compute.bfloat16_units"] == recorded
+
+
 @pytest.mark.parametrize(
     ("capability", "dtype", "emulated"),
     [((7, 5), torch.bfloat16, True), ((7, 5), torch.float16, False), ((6, 1), torch.float16, True),
@@ -93,13 +103,15 @@ def test_gpu_tensor_cores_decide_emulation_probe_faked(monkeypatch, capability, 
         assert f"compute capability {capability[0]}.{capability[1]}" in reason
 
 
-def test_settings_choose_channels_last_for_conv_nets_and_record_the_path():
+def test_settings_choose_channels_last_for_conv_nets_and_record_the_path(monkeypatch):
+    fake_cpu_probe(monkeypatch, native=True)
     config = make_config(model="tinynet", method="stego", device="cpu")
     settings = compute.compute_settings(config, build_model("tinynet", 10), method("stego"))
     assert settings.params() == {
         "compute.memory_format": "channels_last", "compute.cudnn": "n/a (cpu)",
         "compute.float32_precision": "ieee", "compute.optimizer": "fused",
         "compute.weights_dtype": "bfloat16", "compute.autocast": "none", "compute.dtype": "bfloat16",
+        "compute.bfloat16_units": "AVX512-BF16",
     }
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 10))
     assert not compute.compute_settings(config, mlp, method("baseline")).channels_last
@@ -159,6 +171,7 @@ def test_a_three_batch_stego_run_is_flagged_short_and_saves_its_bfloat16_weights
                         r"warm-up \d+ % of training (energy|time) > 10 %", tags["short_run"])
     assert f"flag      short_run: {tags['short_run']}" in result.stdout
     assert (params["compute.weights_dtype"], params["compute.memory_format"]) == ("bfloat16", "channels_last")
+    assert params["compute.bfloat16_units"] == (", ".join(compute.cpu_bfloat16_units()) or "none")
     assert (params["deterministic"], params["tf32"]) == ("False", "True")
     assert metrics["warmup_share"] > 0.9  # all three batches are the warm-up (the epoch adds its edges)
     windows = artifact_json(client, run, "energy/windows.json", workdir)

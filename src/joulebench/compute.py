@@ -57,6 +57,9 @@ class ComputeSettings:
             "compute.weights_dtype": _dtype_name(self.stored_dtype or torch.float32),
             "compute.autocast": _dtype_name(self.autocast_dtype) if self.autocast_dtype else "none",
             "compute.dtype": _dtype_name(self.compute_dtype),
+            # Native bfloat16 is not always faster than float32 (AVX512-BF16 without AMX can be
+            # slower), so runs compared across hosts say which units each had.
+            "compute.bfloat16_units": "n/a (cuda)" if cuda else ", ".join(cpu_bfloat16_units()) or "none",
         }
 
     def apply_backends(self) -> None:
@@ -103,9 +106,15 @@ def compute_settings(config: RunConfig, model: nn.Module, method: Method) -> Com
     )
 
 
+def cpu_bfloat16_units() -> tuple[str, ...]:
+    """This CPU's units that multiply bfloat16 natively ("AVX512-BF16", "AMX"); PyTorch's probes."""
+    probes = {"AVX512-BF16": torch.cpu._is_avx512_bf16_supported, "AMX": torch.cpu._is_amx_tile_supported}
+    return tuple(name for name, present in probes.items() if present())
+
+
 def native_bfloat16_cpu() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); PyTorch's probes."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
+    return bool(cpu_bfloat16_units())
 
 
 def emulated_precision(dtype: torch.dtype | None, device: torch.device) -> str | None:
