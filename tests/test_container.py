@@ -130,14 +130,17 @@ def head(checkout: Path) -> str:
 
 @pytest.fixture(scope="module")
 def engine(blocks: Blocks) -> Iterator[None]:
-    """The docs' set-up block (podman's API socket), stopped in teardown unless it was running."""
-    pidfile = Path("/run/podman/joulebench-service.pid")
-    already = pidfile.exists()
+    """The docs' set-up block (podman's API socket), stopped in teardown unless it was running
+    (running, not merely a pidfile: /run may keep one from a service that died, and a test that
+    trusted it left the service it started running)."""
+    service = str(PROJECT_ROOT / "deploy" / "podman" / "service.sh")
+    already = subprocess.run([service, "status"]).returncode == 0
     result = User(0, Path("/root")).run(blocks.set_up, cwd=PROJECT_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     yield
     if not already:
-        subprocess.run([str(PROJECT_ROOT / "deploy" / "podman" / "service.sh"), "stop"], check=True)
+        subprocess.run([service, "stop"], check=True)
+        assert subprocess.run([service, "status"]).returncode == 3
 
 
 @pytest.fixture(scope="module")

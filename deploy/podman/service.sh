@@ -2,6 +2,7 @@
 # podman's Docker-compatible API, what dockerd is on a Docker host (run as root):
 #   deploy/podman/service.sh start    # once per boot; then `mlflow run` (docker-py) finds it
 #   deploy/podman/service.sh stop
+#   deploy/podman/service.sh status   # exit 0 while it runs, 3 when not (a pidfile left behind is not)
 # It listens on /run/podman/podman.sock, linked from /run/docker.sock (docker-py's default), with
 # the socket's group `docker`: users in that group reach the engine, as on a Docker host, by
 # exporting CONTAINER_HOST=unix:///run/podman/podman.sock (deploy/podman/docker, `docker` here, then talks to it).
@@ -41,8 +42,11 @@ case "${1:-}" in
         fi
         rm -f "$PIDFILE" /run/docker.sock
         ;;
+    status)
+        running || exit 3
+        ;;
     *)
-        echo "usage: deploy/podman/service.sh start|stop" >&2
+        echo "usage: deploy/podman/service.sh start|stop|status" >&2
         exit 2
         ;;
 esac
